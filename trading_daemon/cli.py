@@ -1,0 +1,189 @@
+"""The command line: ``trading-daemon serve | send | status | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Settings, load_settings
+
+EXIT_CONFIG = 2
+EXIT_CRASH = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+
+    try:
+        settings = load_settings(config_file=args.config)
+    except ConfigError as exc:
+        print(f"trading-daemon: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    command: Any = args.handler
+    result: int = command(settings, args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trading-daemon",
+        description="Turn TradingView alerts into futures orders.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML configuration file (default: $TRADING_CONFIG_FILE)",
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.set_defaults(handler=_serve)
+
+    send = sub.add_parser("send", help="post a test alert to a running daemon")
+    send.add_argument("--url", help="daemon base URL (default: from configuration)")
+    send.add_argument("--action", default="buy")
+    send.add_argument("--symbol", default="MNQ1!")
+    send.add_argument("--quantity", default="1")
+    send.add_argument("--id", dest="alert_id", default=None)
+    send.add_argument("--body", help="send this raw text instead of a built alert")
+    send.set_defaults(handler=_send)
+
+    status = sub.add_parser("status", help="summarise a running daemon's /status")
+    status.add_argument("--url", help="daemon base URL (default: from configuration)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(handler=_status)
+
+    check = sub.add_parser("check-config", help="print the effective configuration")
+    check.set_defaults(handler=_check_config)
+
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import trio
+    from loguru import logger
+
+    from .daemon import Daemon
+    from .logs import register_secret, setup_logging
+
+    setup_logging(settings.log_level)
+    register_secret(settings.project_x_api_key)
+    try:
+        daemon = Daemon(settings)
+        trio.run(daemon.run)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            return 0
+        logger.opt(exception=exc).bind(error=_reason(exc)).critical("daemon.crashed")
+        return EXIT_CRASH
+    return 0
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_reason(inner) for inner in exc.exceptions)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _base_url(settings: Settings, url: str | None) -> str:
+    if url:
+        return url.rstrip("/")
+    host = settings.webhook_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.webhook_port}"
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    if args.body is not None:
+        body = args.body
+    else:
+        alert: dict[str, Any] = {
+            "action": args.action,
+            "symbol": args.symbol,
+            "quantity": args.quantity,
+        }
+        if args.alert_id:
+            alert["id"] = args.alert_id
+        body = json.dumps(alert)
+
+    url = _base_url(settings, args.url) + "/webhook"
+    started = time.perf_counter()
+    try:
+        # text/plain, as TradingView sends alerts it cannot recognise as JSON.
+        response = httpx.post(
+            url, content=body, headers={"Content-Type": "text/plain"}, timeout=10
+        )
+    except httpx.HTTPError as exc:
+        print(f"trading-daemon send: cannot reach {url}: {exc}", file=sys.stderr)
+        return EXIT_CRASH
+    elapsed_ms = (time.perf_counter() - started) * 1000
+
+    print(f"{response.status_code} {response.text.strip()}")
+    print(f"round trip: {elapsed_ms:.1f} ms")
+    return 0 if response.status_code < 400 else EXIT_CRASH
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    url = _base_url(settings, args.url) + "/status"
+    try:
+        response = httpx.get(url, timeout=10)
+        data = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"trading-daemon status: cannot read {url}: {exc}", file=sys.stderr)
+        return EXIT_CRASH
+
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(format_status(data))
+    return 0
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """A readable summary of a /status document."""
+    q = data.get("task_queue_stats", {})
+    lines = [
+        f"status    {data.get('status')}  (up {data.get('uptime_s', 0):.0f} s, "
+        f"broker {data.get('broker')})",
+        f"queue     {q.get('queue_size', 0)} waiting, {q.get('active_tasks', 0)} "
+        f"running (max {q.get('max_concurrent')})",
+        f"tasks     {q.get('tasks_submitted', 0)} submitted, "
+        f"{q.get('tasks_completed', 0)} completed, {q.get('tasks_retried', 0)} "
+        f"retried, {q.get('tasks_dead', 0)} dead, success "
+        f"{100 * q.get('success_rate', 1):.1f}%",
+    ]
+    positions = data.get("positions") or []
+    if not positions:
+        lines.append("positions none")
+    for p in positions:
+        lines.append(
+            f"position  {p['symbol']:<6} {p['side']:<5} {abs(p['size'])} "
+            f"@ {p['average_price']:g}  realized {p['realized_pnl']:+.2f}"
+        )
+    for t in data.get("dead_letters") or []:
+        lines.append(f"dead      {t['id']} {t['kind']}: {t['last_error']}")
+    return "\n".join(lines)
+
+
+def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    print(json.dumps(settings.masked(), indent=2, sort_keys=True))
+    return 0

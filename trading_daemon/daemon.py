@@ -1,0 +1,177 @@
+"""The daemon: its parts, and the one nursery that supervises them.
+
+``serve`` opens a single nursery holding the HTTP server, the scheduler and its
+workers, the periodic jobs and the signal listener. A crash in any of them
+cancels the rest and propagates, so the process exits non-zero and systemd
+restarts it. SIGTERM or SIGINT starts the graceful path:
+
+1. /health turns 503 and the periodic jobs stop submitting;
+2. hypercorn stops accepting and lets in-flight requests finish (its
+   ``graceful_timeout``), through its shutdown trigger, never by cancelling it
+   (hypercorn#106: a cancelled serve() leaves clients hanging);
+3. the scheduler takes no new tasks and lets running ones finish until the
+   drain deadline, counted from the signal; what is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import trio
+from loguru import logger
+
+from . import __version__
+from .broker import Broker
+from .config import Settings
+from .execution import EXECUTE_SIGNAL, Executor
+from .jobs import (
+    CLEANUP,
+    FILL_CHECK,
+    METRICS_SNAPSHOT,
+    RISK_UPDATE,
+    JobHandlers,
+    PeriodicJob,
+    run_periodic,
+)
+from .metrics import Metrics
+from .paper_broker import PaperBroker
+from .priority import Priority
+from .scheduler import Scheduler, SchedulerConfig
+from .webhook import Intake
+
+DEAD_LETTER_RETENTION_S = 30 * 24 * 3600
+
+
+def make_broker(settings: Settings) -> Broker:
+    return PaperBroker(
+        settings.paper_prices,
+        default_price=settings.paper_default_price,
+        balance=settings.paper_balance,
+    )
+
+
+class Daemon:
+    """Owns every part of a running daemon and the figures /status shows."""
+
+    def __init__(self, settings: Settings, *, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.broker = broker or make_broker(settings)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                workers=settings.workers,
+                max_concurrent=settings.max_concurrent,
+                max_queue=settings.max_queue,
+                max_retries=settings.max_retries,
+                retry_base_delay=settings.retry_base_delay,
+                retry_max_delay=settings.retry_max_delay,
+                retry_jitter=settings.retry_jitter,
+                timeouts={p: settings.timeout_for(p) for p in Priority},
+            ),
+            observer=self.metrics,
+        )
+        self.metrics.watch(self.scheduler)
+        self.executor = Executor(self.broker, self.metrics)
+        self.scheduler.register(EXECUTE_SIGNAL, self.executor.execute_signal)
+        self.jobs = JobHandlers(self.broker, self.scheduler, DEAD_LETTER_RETENTION_S)
+        self.jobs.register()
+        self.intake = Intake(self.scheduler, max_body_bytes=settings.max_body_bytes)
+
+        self.started_wall = time.time()
+        self.started_at = 0.0
+        self.stopping = False
+        self._stop_requested = trio.Event()
+
+    @property
+    def periodic_jobs(self) -> list[PeriodicJob]:
+        s = self.settings
+        return [
+            PeriodicJob(FILL_CHECK, Priority.CRITICAL, s.fill_check_interval),
+            PeriodicJob(RISK_UPDATE, Priority.HIGH, s.risk_update_interval),
+            PeriodicJob(METRICS_SNAPSHOT, Priority.LOW, s.metrics_interval),
+            PeriodicJob(CLEANUP, Priority.BACKGROUND, s.cleanup_interval),
+        ]
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop_requested.is_set():
+            logger.bind(reason=reason).info("daemon.stop_requested")
+            self.stopping = True
+            self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        await self._stop_requested.wait()
+
+    def uptime(self) -> float:
+        return time.time() - self.started_wall
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self.stopping else "healthy",
+            "uptime_s": round(self.uptime(), 3),
+            "version": __version__,
+        }
+
+    async def status(self, *, recent: int = 20) -> dict[str, Any]:
+        positions = await self.broker.positions()
+        return {
+            **self.health(),
+            "broker": self.broker.name,
+            "task_queue_stats": self.scheduler.snapshot(),
+            "positions": [p.as_dict() for p in positions if p.size or p.realized_pnl],
+            "account": self.jobs.account,
+            "recent_tasks": [
+                t.summary() for t in list(self.scheduler.recent)[-recent:]
+            ],
+            "dead_letters": [t.summary() for t in self.scheduler.dead_letters],
+        }
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until a signal or ``request_stop``; report the bound port on start."""
+        # Imported here: the HTTP layer pulls in quart, which the rest does not need.
+        from .server import serve_http
+
+        self.started_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.scheduler.run)
+            jobs_scope = trio.CancelScope()
+            nursery.start_soon(self._run_jobs, jobs_scope)
+            http_done = trio.Event()
+            port: int = await nursery.start(serve_http, self, http_done)
+            nursery.start_soon(self._listen_for_signals)
+            logger.bind(
+                host=self.settings.webhook_host,
+                port=port,
+                broker=self.broker.name,
+                workers=self.settings.workers,
+                max_concurrent=self.settings.max_concurrent,
+            ).info("daemon.ready")
+            task_status.started(port)
+
+            await self._stop_requested.wait()
+            deadline = trio.current_time() + self.settings.drain_timeout
+            jobs_scope.cancel()
+            await http_done.wait()
+            await self.scheduler.shutdown(max(0.0, deadline - trio.current_time()))
+            await self.scheduler.wait_stopped()
+            # Drained: only the signal listener is left, and nothing needs it.
+            nursery.cancel_scope.cancel()
+
+        await self.broker.aclose()
+        s = self.scheduler.stats
+        logger.bind(completed=s.completed, cancelled=s.cancelled, dead=s.dead).info(
+            "daemon.stopped"
+        )
+
+    async def _run_jobs(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await run_periodic(self.scheduler, self.periodic_jobs)
+
+    async def _listen_for_signals(self) -> None:
+        # Python's default SIGTERM action kills without running finally blocks.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.request_stop(signal.Signals(signum).name)

@@ -1,0 +1,168 @@
+"""The paper broker: the embedded default, which fills market orders at once.
+
+Positions net per root symbol: a buy while short covers first, and what is left
+opens a long. Realised P&L uses each contract's dollar value per point. Orders
+are remembered by client id, so a task that runs twice (a retry after a lost
+answer, a restart) gets its first order back instead of a second fill.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from .broker import OrderRequest, OrderResult, OrderStatus, Position
+
+# Dollars per full point for common CME roots; others default to 1.
+POINT_VALUE: Mapping[str, float] = {
+    "MNQ": 2.0,
+    "NQ": 20.0,
+    "MES": 5.0,
+    "ES": 50.0,
+    "M2K": 5.0,
+    "RTY": 50.0,
+    "MYM": 0.5,
+    "YM": 5.0,
+    "MGC": 10.0,
+    "GC": 100.0,
+    "MCL": 100.0,
+    "CL": 1000.0,
+}
+
+
+@dataclass
+class _Book:
+    size: int = 0
+    average_price: float = 0.0
+    realized_pnl: float = 0.0
+
+
+class PaperBroker:
+    """Simulated account that fills every market order immediately."""
+
+    name = "paper"
+
+    def __init__(
+        self,
+        prices: Mapping[str, float] | None = None,
+        *,
+        default_price: float = 100.0,
+        balance: float = 50_000.0,
+    ) -> None:
+        self._prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
+        self._default_price = default_price
+        self._starting_balance = balance
+        self._books: dict[str, _Book] = {}
+        self._orders: dict[str, OrderResult] = {}
+        self._ids = itertools.count(1)
+        self.fills: list[OrderResult] = []
+
+    def price(self, symbol: str) -> float:
+        return self._prices.get(symbol.upper(), self._default_price)
+
+    def set_price(self, symbol: str, price: float) -> None:
+        if price <= 0:
+            raise ValueError(f"price must be positive, got {price!r}")
+        self._prices[symbol.upper()] = float(price)
+
+    async def place_order(self, request: OrderRequest) -> OrderResult:
+        earlier = self._orders.get(request.client_id)
+        if earlier is not None:
+            logger.bind(client_id=request.client_id, order_id=earlier.order_id).info(
+                "order.duplicate_suppressed"
+            )
+            return earlier
+        if request.size <= 0:
+            raise ValueError(f"order size must be positive, got {request.size}")
+
+        price = self.price(request.symbol)
+        book = self._books.setdefault(request.symbol, _Book())
+        self._apply(book, request.symbol, request.side.sign * request.size, price)
+        result = OrderResult(
+            order_id=f"P{next(self._ids)}",
+            client_id=request.client_id,
+            symbol=request.symbol,
+            side=request.side,
+            size=request.size,
+            status=OrderStatus.FILLED,
+            filled_size=request.size,
+            fill_price=price,
+        )
+        self._orders[request.client_id] = result
+        self.fills.append(result)
+        logger.bind(
+            order_id=result.order_id,
+            client_id=request.client_id,
+            symbol=request.symbol,
+            side=request.side.value,
+            size=request.size,
+            price=price,
+            position=book.size,
+        ).info("order.filled")
+
+        return result
+
+    def _apply(self, book: _Book, symbol: str, delta: int, price: float) -> None:
+        """Net ``delta`` contracts at ``price`` into ``book``."""
+        if book.size == 0 or (book.size > 0) == (delta > 0):
+            total = book.size + delta
+            book.average_price = (
+                book.average_price * abs(book.size) + price * abs(delta)
+            ) / abs(total)
+            book.size = total
+            return
+
+        closing = min(abs(delta), abs(book.size))
+        direction = 1 if book.size > 0 else -1
+        point_value = POINT_VALUE.get(symbol, 1.0)
+        book.realized_pnl += (
+            (price - book.average_price) * direction * closing * (point_value)
+        )
+        remainder = abs(delta) - closing
+        book.size += closing * (1 if delta > 0 else -1)
+        if book.size == 0:
+            book.average_price = 0.0
+        if remainder:
+            book.size = remainder * (1 if delta > 0 else -1)
+            book.average_price = price
+
+    async def find_order(self, client_id: str) -> OrderResult | None:
+        return self._orders.get(client_id)
+
+    async def positions(self) -> list[Position]:
+        return [self._position(symbol) for symbol in sorted(self._books)]
+
+    async def position(self, symbol: str) -> Position:
+        return self._position(symbol.upper())
+
+    def _position(self, symbol: str) -> Position:
+        book = self._books.get(symbol, _Book())
+        return Position(symbol, book.size, book.average_price, book.realized_pnl)
+
+    async def check_fills(self) -> int:
+        # Market orders fill as they are placed; nothing is ever left working.
+        return 0
+
+    async def account_summary(self) -> dict[str, Any]:
+        realized = sum(book.realized_pnl for book in self._books.values())
+        unrealized = sum(
+            (self.price(symbol) - book.average_price)
+            * book.size
+            * POINT_VALUE.get(symbol, 1.0)
+            for symbol, book in self._books.items()
+        )
+        return {
+            "broker": self.name,
+            "balance": round(self._starting_balance + realized, 2),
+            "realized_pnl": round(realized, 2),
+            "unrealized_pnl": round(unrealized, 2),
+            "open_positions": sum(1 for b in self._books.values() if b.size),
+            "orders": len(self._orders),
+        }
+
+    async def aclose(self) -> None:
+        pass

@@ -1,0 +1,66 @@
+"""Tasks: units of work that the scheduler runs, and the errors handlers raise."""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .priority import Priority
+
+
+class TaskState(enum.StrEnum):
+    """Where a task is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRY_WAIT = "retry-wait"
+    DONE = "done"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+class PermanentTaskError(Exception):
+    """A failure that another attempt cannot fix (a refusal, bad data).
+
+    The scheduler turns it into a dead letter at once instead of retrying.
+    """
+
+
+@dataclass(eq=False)
+class Task:
+    """One unit of work: which handler, with what, how urgent, and its history."""
+
+    kind: str
+    priority: Priority
+    payload: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    state: TaskState = TaskState.QUEUED
+    attempts: int = 0
+    not_before: float = 0.0
+    # Trio clock at submission, for the wait-time figure; wall clock for humans.
+    submitted_at: float = 0.0
+    created_wall: float = field(default_factory=time.time)
+    finished_wall: float | None = None
+    last_error: str | None = None
+    result: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready view for /status."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "priority": self.priority.label,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "created": self.created_wall,
+            "finished": self.finished_wall,
+            "result": self.result,
+            "last_error": self.last_error,
+        }
+
+
+Handler = Callable[[Task], Awaitable[str | None]]
