@@ -63,6 +63,8 @@ class Settings:
     paper_prices: Mapping[str, float] = field(default_factory=dict)
     paper_default_price: float = 100.0
     paper_balance: float = 50_000.0
+    # Simulated broker latency per order, to rehearse timeouts and draining.
+    paper_fill_delay: float = 0.0
 
     log_level: str = "INFO"
 
@@ -266,6 +268,7 @@ def _check(s: Settings) -> None:
         "retry_max_delay",
         "retry_jitter",
         "drain_timeout",
+        "paper_fill_delay",
         "timeout_critical",
         "timeout_high",
         "timeout_normal",

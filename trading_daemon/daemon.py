@@ -49,6 +49,7 @@ def make_broker(settings: Settings) -> Broker:
         settings.paper_prices,
         default_price=settings.paper_default_price,
         balance=settings.paper_balance,
+        fill_delay=settings.paper_fill_delay,
     )
 
 

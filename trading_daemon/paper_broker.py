@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from loguru import logger
 
 from .broker import OrderRequest, OrderResult, OrderStatus, Position
@@ -52,7 +53,9 @@ class PaperBroker:
         *,
         default_price: float = 100.0,
         balance: float = 50_000.0,
+        fill_delay: float = 0.0,
     ) -> None:
+        self._fill_delay = fill_delay
         self._prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
         self._default_price = default_price
         self._starting_balance = balance
@@ -78,6 +81,12 @@ class PaperBroker:
             return earlier
         if request.size <= 0:
             raise ValueError(f"order size must be positive, got {request.size}")
+        if self._fill_delay:
+            await trio.sleep(self._fill_delay)
+            # Another attempt of the same task may have filled meanwhile.
+            earlier = self._orders.get(request.client_id)
+            if earlier is not None:
+                return earlier
 
         price = self.price(request.symbol)
         book = self._books.setdefault(request.symbol, _Book())
