@@ -1,14 +1,19 @@
-"""HTTP routes, through quart's in-memory test client and a running scheduler."""
+"""HTTP routes, through quart's in-memory test client over a running daemon core.
+
+The journal commits on a worker thread, which the autojump clock would count as
+idle time, so these tests use the real clock and poll for the outcome.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
-import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
+from support import until
 
 from trading_daemon.config import Settings
 from trading_daemon.daemon import Daemon
@@ -20,12 +25,16 @@ TV_ALERT = b'{"action":"buy","symbol":"MNQ1!","quantity":"1"}'
 
 
 @pytest.fixture
-async def daemon(autojump_clock: trio.abc.Clock) -> AsyncIterator[Daemon]:
-    daemon = Daemon(Settings(paper_prices={"MNQ": 21000.0}, max_queue=5))
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    settings = Settings(state_dir=tmp_path, paper_prices={"MNQ": 21000.0}, max_queue=5)
+    daemon = Daemon(settings)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.journal.run)
         await nursery.start(daemon.scheduler.run)
         yield daemon
         await daemon.scheduler.shutdown(0)
+        await daemon.scheduler.wait_stopped()
+        daemon.journal.close()
 
 
 async def post(daemon: Daemon, body: bytes, content_type: str = "text/plain") -> tuple:
@@ -42,7 +51,7 @@ async def test_webhook_text_plain_tradingview_alert_fills(daemon: Daemon) -> Non
     assert status == 202
     assert body["status"] == "queued"
 
-    await trio.testing.wait_all_tasks_blocked()
+    await until(lambda: daemon.scheduler.stats.completed == 1)
     client = create_app(daemon).test_client()
     state = await (await client.get("/status")).get_json()
 
@@ -110,7 +119,7 @@ async def test_webhook_full_queue_is_503_with_retry_after(daemon: Daemon) -> Non
     daemon.scheduler.register("block", block)
     for _ in range(20):
         daemon.scheduler.submit(Task("block", Priority.CRITICAL), internal=True)
-    await trio.testing.wait_all_tasks_blocked()
+    await until(lambda: daemon.scheduler.active == 20)
     for _ in range(5):
         daemon.scheduler.submit(Task("block", Priority.LOW))
 
@@ -140,7 +149,7 @@ async def test_health_reports_uptime_then_503_when_stopping(daemon: Daemon) -> N
 async def test_metrics_text_parses_and_counts_the_alert(daemon: Daemon) -> None:
     """/metrics is Prometheus text that parses and counts submitted tasks."""
     await post(daemon, TV_ALERT)
-    await trio.testing.wait_all_tasks_blocked()
+    await until(lambda: daemon.scheduler.stats.completed == 1)
     client = create_app(daemon).test_client()
     response = await client.get("/metrics")
     text = (await response.get_data()).decode()
@@ -157,7 +166,7 @@ async def test_metrics_text_parses_and_counts_the_alert(daemon: Daemon) -> None:
 async def test_metrics_json_has_task_queue_object(daemon: Daemon) -> None:
     """/metrics?format=json carries the task_queue object DESIGN.md names."""
     await post(daemon, TV_ALERT)
-    await trio.testing.wait_all_tasks_blocked()
+    await until(lambda: daemon.scheduler.stats.completed == 1)
     client = create_app(daemon).test_client()
     body = await (await client.get("/metrics?format=json")).get_json()
 

@@ -50,6 +50,15 @@ _ACTIONS = {
     "flat": Action.CLOSE,
 }
 
+# Roots this daemon knows by name; other roots still parse by pattern.
+KNOWN_ROOTS = frozenset(
+    {
+        "MNQ", "NQ", "MES", "ES", "M2K", "RTY", "MYM", "YM", "MGC", "GC", "SI",
+        "SIL", "MCL", "CL", "QM", "NG", "HG", "ZB", "ZN", "ZF", "ZT", "UB", "6E",
+        "6J", "6B", "6A", "6C", "M6E", "MBT", "MET", "ZC", "ZS", "ZW", "HE", "LE",
+    }
+)  # fmt: skip
+
 # CME month codes; a dated contract is ROOT + month + 1, 2 or 4 year digits.
 _DATED = re.compile(r"^(?P<root>[A-Z0-9]+?)[FGHJKMNQUVXZ](?:\d|\d{2}|\d{4})$")
 _CONTINUOUS = re.compile(r"^(?P<root>[A-Z0-9]+?)\d+!$")
@@ -143,6 +152,12 @@ def normalise_symbol(raw: str) -> str:
     text = raw.strip().upper()
     if ":" in text:
         text = text.rsplit(":", 1)[1]
+    # A known root followed by digits is a continuous contract with its "!"
+    # dropped (MNQ1); only then try month-and-year codes, which would read
+    # MNQ1 as root MN, month Q, year 1.
+    bare = text.rstrip("!").rstrip("0123456789")
+    if bare in KNOWN_ROOTS and text.rstrip("!") != bare:
+        return bare
     for pattern in (_CONTINUOUS, _DATED):
         match = pattern.match(text)
         if match:
@@ -201,8 +216,11 @@ def _quantity(value: Any, *, required: Action) -> int | None:
     elif isinstance(value, float):
         number = value
     elif isinstance(value, str):
+        text = value.strip()
         try:
-            number = float(value.strip()) if len(value) <= 32 else math.nan
+            # ASCII only: float() would also take other scripts' digits.
+            ok = len(text) <= 32 and text.isascii()
+            number = float(text) if ok else math.nan
         except ValueError:
             number = math.nan
     else:

@@ -64,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(handler=_status)
 
+    dead = sub.add_parser("dead-letters", help="list a running daemon's dead letters")
+    dead.add_argument("--url", help="daemon base URL (default: from configuration)")
+    dead.add_argument("--json", action="store_true", help="print the raw JSON")
+    dead.set_defaults(handler=_dead_letters)
+
+    replay = sub.add_parser("replay", help="queue a dead letter again")
+    replay.add_argument("task_id")
+    replay.add_argument("--url", help="daemon base URL (default: from configuration)")
+    replay.set_defaults(handler=_replay)
+
     check = sub.add_parser("check-config", help="print the effective configuration")
     check.set_defaults(handler=_check_config)
 
@@ -75,12 +85,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from loguru import logger
 
     from .daemon import Daemon
+    from .journal import JournalError
     from .logs import register_secret, setup_logging
 
     setup_logging(settings.log_level)
     register_secret(settings.project_x_api_key)
     try:
         daemon = Daemon(settings)
+    except JournalError as exc:
+        print(f"trading-daemon: startup error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         trio.run(daemon.run)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
@@ -141,14 +156,8 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    import httpx
-
-    url = _base_url(settings, args.url) + "/status"
-    try:
-        response = httpx.get(url, timeout=10)
-        data = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        print(f"trading-daemon status: cannot read {url}: {exc}", file=sys.stderr)
+    data = _request(settings, args.url, "GET", "/status")
+    if data is None:
         return EXIT_CRASH
 
     if args.json:
@@ -182,6 +191,57 @@ def format_status(data: dict[str, Any]) -> str:
     for t in data.get("dead_letters") or []:
         lines.append(f"dead      {t['id']} {t['kind']}: {t['last_error']}")
     return "\n".join(lines)
+
+
+def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    data = _request(settings, args.url, "GET", "/dead-letters")
+    if data is None:
+        return EXIT_CRASH
+    letters = data.get("dead_letters", [])
+    if args.json:
+        print(json.dumps(letters, indent=2))
+        return 0
+    if not letters:
+        print("no dead letters")
+    for t in letters:
+        print(f"{t['id']}  {t['kind']}  attempts={t['attempts']}  {t['last_error']}")
+    return 0
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    path = f"/dead-letters/{args.task_id}/replay"
+    data = _request(settings, args.url, "POST", path, show_errors=True)
+    if data is None:
+        return EXIT_CRASH
+    print(f"{data['id']} {data['status']}")
+    return 0
+
+
+def _request(
+    settings: Settings,
+    url: str | None,
+    method: str,
+    path: str,
+    *,
+    show_errors: bool = False,
+) -> dict[str, Any] | None:
+    """One JSON request to a running daemon; None (after a message) on failure."""
+    import httpx
+
+    full = _base_url(settings, url) + path
+    try:
+        response = httpx.request(method, full, timeout=10)
+        data: dict[str, Any] = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"trading-daemon: cannot reach {full}: {exc}", file=sys.stderr)
+        return None
+    if response.status_code >= 400:
+        print(
+            f"trading-daemon: {response.status_code} {data.get('error')}",
+            file=sys.stderr,
+        )
+        return None
+    return data
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:

@@ -46,6 +46,10 @@ class Settings:
     retry_max_delay: float = 60.0
     retry_jitter: float = 0.5
     drain_timeout: float = 20.0
+    # Identical bodies within this many seconds are one alert (see dedup.py).
+    dedup_window: float = 10.0
+    # Finished tasks, dead letters and alert ids are kept this long.
+    retention_days: float = 30.0
 
     timeout_critical: float = 30.0
     timeout_high: float = 60.0
@@ -152,11 +156,14 @@ def load_settings(
     if cred_dir:
         for name in SECRET_FIELDS:
             cred = Path(cred_dir) / env_name(name)
-            if cred.is_file():
-                raw[name] = (str(cred), cred.read_text().strip())
+            # The unit's SetCredential= fallback leaves an empty file when no
+            # credential was provided; the environment file's value stands then.
+            value = _read_credential(cred)
+            if value:
+                raw[name] = (str(cred), value)
 
     # StateDirectory= in the unit is the one place state may live under systemd.
-    if env.get("STATE_DIRECTORY") and "TRADING_STATE_DIR" not in env:
+    if env.get("STATE_DIRECTORY"):
         first = env["STATE_DIRECTORY"].split(":")[0]
         raw["state_dir"] = ("STATE_DIRECTORY", first)
 
@@ -169,6 +176,19 @@ def load_settings(
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+def _read_credential(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        # The message names the file, never its content.
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            f"credential {str(path)!r} cannot be read: {reason}"
+        ) from None
 
 
 def _read_toml(path: Path) -> dict[str, object]:
@@ -242,6 +262,8 @@ def _parse_prices(source: str, value: object) -> dict[str, float]:
                 f"{source} price for {root.strip()!r} must be a positive number,"
                 f" got {price!r}"
             )
+        if not root.strip():
+            raise ConfigError(f"{source} entries need a root symbol, got {price!r}")
         prices[root.strip().upper()] = number
     return prices
 
@@ -268,6 +290,7 @@ def _check(s: Settings) -> None:
         "retry_max_delay",
         "retry_jitter",
         "drain_timeout",
+        "dedup_window",
         "paper_fill_delay",
         "timeout_critical",
         "timeout_high",
@@ -282,7 +305,9 @@ def _check(s: Settings) -> None:
         "risk_update_interval",
         "metrics_interval",
         "cleanup_interval",
+        "retention_days",
         "paper_default_price",
+        "paper_balance",
     ):
         if getattr(s, name) <= 0:
             raise fail(name, "must be greater than 0")

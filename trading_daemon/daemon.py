@@ -10,12 +10,18 @@ restarts it. SIGTERM or SIGINT starts the graceful path:
    ``graceful_timeout``), through its shutdown trigger, never by cancelling it
    (hypercorn#106: a cancelled serve() leaves clients hanging);
 3. the scheduler takes no new tasks and lets running ones finish until the
-   drain deadline, counted from the signal; what is left is cancelled.
+   drain deadline, counted from the signal; what is left is cancelled here
+   but stays unfinished in the journal, so the next start runs it;
+4. the journal writes its last batch and closes.
+
+Before the HTTP server accepts anything, every task the journal holds as
+unfinished is put back into the scheduler (recovery).
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -25,6 +31,7 @@ from loguru import logger
 from . import __version__
 from .broker import Broker
 from .config import Settings
+from .dedup import Deduplicator
 from .execution import EXECUTE_SIGNAL, Executor
 from .jobs import (
     CLEANUP,
@@ -35,21 +42,22 @@ from .jobs import (
     PeriodicJob,
     run_periodic,
 )
+from .journal import UNFINISHED, Journal, RecoveryReport
 from .metrics import Metrics
 from .paper_broker import PaperBroker
 from .priority import Priority
 from .scheduler import Scheduler, SchedulerConfig
+from .tasks import Task, TaskState
 from .webhook import Intake
 
-DEAD_LETTER_RETENTION_S = 30 * 24 * 3600
 
-
-def make_broker(settings: Settings) -> Broker:
+def make_broker(settings: Settings, journal: Journal) -> Broker:
     return PaperBroker(
         settings.paper_prices,
         default_price=settings.paper_default_price,
         balance=settings.paper_balance,
         fill_delay=settings.paper_fill_delay,
+        journal=journal,
     )
 
 
@@ -57,9 +65,11 @@ class Daemon:
     """Owns every part of a running daemon and the figures /status shows."""
 
     def __init__(self, settings: Settings, *, broker: Broker | None = None) -> None:
+        """Open the journal and build every part; raises JournalError on bad state."""
         self.settings = settings
         self.metrics = Metrics()
-        self.broker = broker or make_broker(settings)
+        self.journal = Journal(settings.state_dir)
+        self.broker = broker or make_broker(settings, self.journal)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 workers=settings.workers,
@@ -72,13 +82,26 @@ class Daemon:
                 timeouts={p: settings.timeout_for(p) for p in Priority},
             ),
             observer=self.metrics,
+            on_change=self.journal.task_changed,
         )
         self.metrics.watch(self.scheduler)
         self.executor = Executor(self.broker, self.metrics)
         self.scheduler.register(EXECUTE_SIGNAL, self.executor.execute_signal)
-        self.jobs = JobHandlers(self.broker, self.scheduler, DEAD_LETTER_RETENTION_S)
+        retention_s = settings.retention_days * 86400
+        self.dedup = Deduplicator(
+            window_s=settings.dedup_window, retention_s=retention_s
+        )
+        self.jobs = JobHandlers(
+            self.broker, self.scheduler, self.journal, self.dedup, retention_s
+        )
         self.jobs.register()
-        self.intake = Intake(self.scheduler, max_body_bytes=settings.max_body_bytes)
+        self.intake = Intake(
+            self.scheduler,
+            self.journal,
+            self.dedup,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        self.recovery = RecoveryReport()
 
         self.started_wall = time.time()
         self.started_at = 0.0
@@ -116,17 +139,77 @@ class Daemon:
 
     async def status(self, *, recent: int = 20) -> dict[str, Any]:
         positions = await self.broker.positions()
+        oldest = await self.journal.oldest_unfinished()
         return {
             **self.health(),
             "broker": self.broker.name,
             "task_queue_stats": self.scheduler.snapshot(),
             "positions": [p.as_dict() for p in positions if p.size or p.realized_pnl],
             "account": self.jobs.account,
+            "journal": {
+                "path": str(self.journal.path),
+                "size_bytes": self.journal.size_bytes(),
+                "oldest_unfinished_age_s": (
+                    None if oldest is None else round(time.time() - oldest, 3)
+                ),
+                "commits": self.journal.commits,
+                "dedup_keys": len(self.dedup),
+                "recovered_at_start": {
+                    "queued": self.recovery.queued,
+                    "running": self.recovery.running,
+                    "retry_wait": self.recovery.retry_wait,
+                },
+            },
             "recent_tasks": [
                 t.summary() for t in list(self.scheduler.recent)[-recent:]
             ],
-            "dead_letters": [t.summary() for t in self.scheduler.dead_letters],
+            "dead_letters": await self.journal.dead_letters(limit=50),
         }
+
+    def recover(self) -> RecoveryReport:
+        """Put every unfinished journaled task back into the scheduler."""
+        self.dedup.load(self.journal.dedup_keys())
+        counts = dict.fromkeys(UNFINISHED, 0)
+        now = time.time()
+        for task, not_before_wall in self.journal.unfinished():
+            counts[task.state] += 1
+            self.scheduler.restore(task, delay=not_before_wall - now)
+        report = RecoveryReport(
+            queued=counts[TaskState.QUEUED],
+            running=counts[TaskState.RUNNING],
+            retry_wait=counts[TaskState.RETRY_WAIT],
+        )
+        logger.bind(
+            queued=report.queued, running=report.running, retry_wait=report.retry_wait
+        ).info("journal.recovered")
+        return report
+
+    async def replay(self, task_id: str) -> Task:
+        """Queue a dead letter again as a new series of attempts.
+
+        It keeps its id, so its order keeps its client id: if the dead task
+        did place an order after all, the replay finds it instead of trading.
+        """
+        task = await self.journal.load_task(task_id)
+        if task is None:
+            raise LookupError(f"no task with id {task_id!r}")
+        if task.state is not TaskState.DEAD:
+            raise ValueError(
+                f"task {task_id!r} is {task.state.value}, not a dead letter"
+            )
+        task.attempts = 0
+        task.last_error = None
+        task.finished_wall = None
+        task.state = TaskState.QUEUED
+        self.scheduler.reserve()
+        try:
+            await self.journal.write(lambda conn: _requeue(conn, task_id))
+        except BaseException:
+            self.scheduler.release()
+            raise
+        self.scheduler.submit(task, reserved=True)
+        logger.bind(task_id=task_id).info("task.replayed")
+        return task
 
     async def run(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -137,6 +220,9 @@ class Daemon:
 
         self.started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
+            journal_done = trio.Event()
+            nursery.start_soon(self._run_journal, journal_done)
+            self.recovery = self.recover()
             await nursery.start(self.scheduler.run)
             jobs_scope = trio.CancelScope()
             nursery.start_soon(self._run_jobs, jobs_scope)
@@ -158,7 +244,9 @@ class Daemon:
             await http_done.wait()
             await self.scheduler.shutdown(max(0.0, deadline - trio.current_time()))
             await self.scheduler.wait_stopped()
-            # Drained: only the signal listener is left, and nothing needs it.
+            self.journal.close()
+            await journal_done.wait()
+            # Drained and flushed: only the signal listener is left.
             nursery.cancel_scope.cancel()
 
         await self.broker.aclose()
@@ -166,6 +254,12 @@ class Daemon:
         logger.bind(completed=s.completed, cancelled=s.cancelled, dead=s.dead).info(
             "daemon.stopped"
         )
+
+    async def _run_journal(self, done: trio.Event) -> None:
+        try:
+            await self.journal.run()
+        finally:
+            done.set()
 
     async def _run_jobs(self, scope: trio.CancelScope) -> None:
         with scope:
@@ -176,3 +270,11 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 self.request_stop(signal.Signals(signum).name)
+
+
+def _requeue(conn: sqlite3.Connection, task_id: str) -> None:
+    conn.execute(
+        "UPDATE tasks SET state = ?, attempts = 0, last_error = NULL,"
+        " finished = NULL, updated = ? WHERE id = ?",
+        (TaskState.QUEUED.value, time.time(), task_id),
+    )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .alerts import Action, Signal
-from .broker import Broker, OrderRequest, OrderResult, Side
+from .broker import Broker, BrokerRefusal, OrderRequest, OrderResult, Side
 from .metrics import Metrics
-from .tasks import Task
+from .tasks import PermanentTaskError, Task
 
 EXECUTE_SIGNAL = "execute_signal"
 
@@ -36,7 +36,12 @@ class Executor:
         if request is None:
             return f"{signal.symbol} already flat; nothing to close"
 
-        result = await self._broker.place_order(request)
+        try:
+            result = await self._broker.place_order(request)
+        except BrokerRefusal as exc:
+            # A business refusal (outside trading hours, no funds) will not
+            # change on retry: give up at once with the broker's reason.
+            raise PermanentTaskError(f"broker refused: {exc}") from exc
         self._count(result)
 
         return _describe(result)

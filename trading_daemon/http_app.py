@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .daemon import Daemon
+from .scheduler import QueueFull, SchedulerClosed
 from .webhook import Reply
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,7 +40,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
         started = time.perf_counter()
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
-        answer = daemon.intake.accept(body)
+        answer = await daemon.intake.accept(
+            body, webhook_id=request.headers.get("webhook-id")
+        )
         daemon.metrics.alerts.labels(_result(answer.status)).inc()
         daemon.metrics.webhook_ack.labels(str(answer.status)).observe(
             time.perf_counter() - started
@@ -53,6 +56,24 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.get("/status")
     async def status() -> Response:
         return reply(Reply(200, await daemon.status()))
+
+    @app.get("/dead-letters")
+    async def dead_letters() -> Response:
+        return reply(Reply(200, {"dead_letters": await daemon.journal.dead_letters()}))
+
+    @app.post("/dead-letters/<task_id>/replay")
+    async def replay(task_id: str) -> Response:
+        try:
+            task = await daemon.replay(task_id)
+        except LookupError as exc:
+            return reply(Reply(404, {"error": str(exc)}))
+        except ValueError as exc:
+            return reply(Reply(409, {"error": str(exc)}))
+        except (QueueFull, SchedulerClosed) as exc:
+            return reply(
+                Reply(503, {"error": f"cannot queue now: {exc}"}, {"Retry-After": "5"})
+            )
+        return reply(Reply(202, {"id": task.id, "status": "queued"}))
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -15,6 +15,8 @@ import trio
 from loguru import logger
 
 from .broker import Broker
+from .dedup import Deduplicator
+from .journal import Journal
 from .priority import Priority
 from .scheduler import QueueFull, Scheduler, SchedulerClosed
 from .tasks import Task, TaskState
@@ -44,10 +46,17 @@ class JobHandlers:
         self._scheduler.register(CLEANUP, self.cleanup)
 
     def __init__(
-        self, broker: Broker, scheduler: Scheduler, retention_s: float
+        self,
+        broker: Broker,
+        scheduler: Scheduler,
+        journal: Journal,
+        dedup: Deduplicator,
+        retention_s: float,
     ) -> None:
         self._broker = broker
         self._scheduler = scheduler
+        self._journal = journal
+        self._dedup = dedup
         self._retention_s = retention_s
         self.account: dict[str, Any] = {}
         self.last_snapshot: dict[str, Any] = {}
@@ -74,13 +83,9 @@ class JobHandlers:
         return "snapshot taken"
 
     async def cleanup(self, task: Task) -> str:
-        scheduler = self._scheduler
-        cutoff = time.time() - self._retention_s
-        kept = [t for t in scheduler.dead_letters if (t.finished_wall or 0) >= cutoff]
-        pruned = len(scheduler.dead_letters) - len(kept)
-        scheduler.dead_letters.clear()
-        scheduler.dead_letters.extend(kept)
-        return f"pruned {pruned} dead letters"
+        pruned = await self._journal.prune(self._retention_s)
+        expired = self._dedup.prune()
+        return f"pruned {pruned} finished tasks, {expired} dedup keys"
 
 
 async def run_periodic(

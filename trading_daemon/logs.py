@@ -52,9 +52,17 @@ def stderr_is_journal(stream: IO[str] | None = None) -> bool:
 
 
 def _render_value(value: Any) -> str:
-    text = str(value)
-    if not text or any(c in text for c in ' "='):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # Mask before quoting: escaping could split a secret that holds a quote.
+    text = _mask(str(value))
+    if not text or any(c in text for c in ' "=\n\r\\'):
+        # Newlines escaped: a value must never start a forged journal line.
+        escaped = (
+            text.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+        text = f'"{escaped}"'
     return text
 
 
@@ -71,7 +79,7 @@ def _patch(record: Any) -> None:
         for key, value in record["extra"].items()
         if not key.startswith("_")
     )
-    record["extra"]["_fields"] = _mask(" " + fields if fields else "")
+    record["extra"]["_fields"] = " " + fields if fields else ""
     record["message"] = _mask(record["message"])
     record["extra"]["_syslog"] = _SYSLOG.get(record["level"].name, 6)
 

@@ -8,15 +8,20 @@ answer, a restart) gets its first order back instead of a second fill.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
 
-from .broker import OrderRequest, OrderResult, OrderStatus, Position
+from .broker import OrderRequest, OrderResult, OrderStatus, Position, Side
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 # Dollars per full point for common CME roots; others default to 1.
 POINT_VALUE: Mapping[str, float] = {
@@ -54,25 +59,50 @@ class PaperBroker:
         default_price: float = 100.0,
         balance: float = 50_000.0,
         fill_delay: float = 0.0,
+        journal: Journal | None = None,
     ) -> None:
         self._fill_delay = fill_delay
+        self._journal = journal
+        # Fills read and write the book of their symbol across an await (the
+        # journal commit): one at a time, or two could net against one state.
+        self._lock = trio.Lock()
         self._prices = {k.upper(): float(v) for k, v in (prices or {}).items()}
         self._default_price = default_price
         self._starting_balance = balance
         self._books: dict[str, _Book] = {}
         self._orders: dict[str, OrderResult] = {}
-        self._ids = itertools.count(1)
         self.fills: list[OrderResult] = []
+        if journal is not None:
+            self._load(journal)
+        self._ids = itertools.count(len(self._orders) + 1)
+
+    def _load(self, journal: Journal) -> None:
+        orders, books = journal.paper_state()
+        for body in orders:
+            body["side"] = Side(body["side"])
+            body["status"] = OrderStatus(body["status"])
+            result = OrderResult(**body)
+            self._orders[result.client_id] = result
+            self.fills.append(result)
+        for symbol, size, average_price, realized in books:
+            self._books[symbol] = _Book(size, average_price, realized)
 
     def price(self, symbol: str) -> float:
         return self._prices.get(symbol.upper(), self._default_price)
 
     def set_price(self, symbol: str, price: float) -> None:
-        if price <= 0:
+        if not math.isfinite(price) or price <= 0:
             raise ValueError(f"price must be positive, got {price!r}")
         self._prices[symbol.upper()] = float(price)
 
     async def place_order(self, request: OrderRequest) -> OrderResult:
+        request = dataclasses.replace(request, symbol=request.symbol.upper())
+        if self._fill_delay and request.client_id not in self._orders:
+            await trio.sleep(self._fill_delay)
+        async with self._lock:
+            return await self._place(request)
+
+    async def _place(self, request: OrderRequest) -> OrderResult:
         earlier = self._orders.get(request.client_id)
         if earlier is not None:
             logger.bind(client_id=request.client_id, order_id=earlier.order_id).info(
@@ -81,15 +111,9 @@ class PaperBroker:
             return earlier
         if request.size <= 0:
             raise ValueError(f"order size must be positive, got {request.size}")
-        if self._fill_delay:
-            await trio.sleep(self._fill_delay)
-            # Another attempt of the same task may have filled meanwhile.
-            earlier = self._orders.get(request.client_id)
-            if earlier is not None:
-                return earlier
 
         price = self.price(request.symbol)
-        book = self._books.setdefault(request.symbol, _Book())
+        book = dataclasses.replace(self._books.get(request.symbol, _Book()))
         self._apply(book, request.symbol, request.side.sign * request.size, price)
         result = OrderResult(
             order_id=f"P{next(self._ids)}",
@@ -101,6 +125,15 @@ class PaperBroker:
             filled_size=request.size,
             fill_price=price,
         )
+        if self._journal is not None:
+            # The fill exists once it is on disk; a crash before this leaves no
+            # trace, and the task's rerun places it then.
+            await self._journal.record_paper_fill(
+                request.client_id,
+                dataclasses.asdict(result),
+                (request.symbol, book.size, book.average_price, book.realized_pnl),
+            )
+        self._books[request.symbol] = book
         self._orders[request.client_id] = result
         self.fills.append(result)
         logger.bind(

@@ -26,7 +26,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,6 +109,7 @@ class SchedulerStats:
     retried: int = 0
     dead: int = 0
     rejected: int = 0
+    recovered: int = 0
 
     @property
     def success_rate(self) -> float:
@@ -134,6 +135,7 @@ class Scheduler:
         handlers: Mapping[str, Handler] | None = None,
         *,
         observer: SchedulerObserver | None = None,
+        on_change: Callable[[Task], None] | None = None,
         recent: int = 100,
     ) -> None:
         self.config = config
@@ -144,6 +146,7 @@ class Scheduler:
 
         self._handlers = dict(handlers or {})
         self._observer = observer or _NoObserver()
+        self._on_change = on_change
         # Room beyond max_queue for internal work (periodic jobs) that bypasses
         # the limit alerts are held to.
         self._send, self._receive = trio.open_memory_channel[Task](
@@ -170,34 +173,81 @@ class Scheduler:
 
     # -- producers ---------------------------------------------------------
 
-    def submit(self, task: Task, *, internal: bool = False) -> Task:
+    def reserve(self) -> None:
+        """Claim a place in the queue for a task about to be submitted.
+
+        The webhook reserves before it writes the journal and submits after, so
+        a task that was made durable always finds its place.
+        """
+        if self._closed:
+            raise SchedulerClosed("the scheduler is shutting down")
+        if self._waiting_new >= self.config.max_queue:
+            self.stats.rejected += 1
+            raise QueueFull(f"{self._waiting_new} tasks are waiting")
+        self._waiting_new += 1
+
+    def release(self) -> None:
+        """Give back a reservation that will not be submitted."""
+        self._waiting_new -= 1
+
+    def submit(
+        self, task: Task, *, internal: bool = False, reserved: bool = False
+    ) -> Task:
         """Queue ``task`` without blocking; raise QueueFull or SchedulerClosed.
 
         ``internal`` work (periodic jobs, which never have more than one run
         pending each) is not held to ``max_queue``, so a flood of alerts cannot
-        keep a fill check out.
+        keep a fill check out. ``reserved`` tasks already hold a place.
         """
         if self._closed:
             raise SchedulerClosed("the scheduler is shutting down")
-        if self._waiting_new >= self.config.max_queue and not internal:
-            self.stats.rejected += 1
-            raise QueueFull(f"{self._waiting_new} tasks are waiting")
+        if not reserved and not internal:
+            self.reserve()
+        task.holds_queue_slot = not internal
 
         task.state = TaskState.QUEUED
         task.submitted_at = trio.current_time()
         task.not_before = max(task.not_before, task.submitted_at)
         try:
             self._send.send_nowait(task)
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            if task.holds_queue_slot:
+                self.release()
+                task.holds_queue_slot = False
             self.stats.rejected += 1
             raise QueueFull("the intake channel is full") from None
-        self._waiting_new += 1
         self.stats.submitted += 1
         logger.bind(task_id=task.id, priority=task.priority.label, kind=task.kind).info(
             "task.submitted"
         )
 
         return task
+
+    def restore(self, task: Task, delay: float = 0.0) -> None:
+        """Put back a task recovered from the journal, keeping its attempts.
+
+        Recovered work was acknowledged long ago, so it bypasses ``max_queue``
+        and the intake channel, whose size it could exceed.
+        """
+        now = trio.current_time()
+        task.submitted_at = now
+        task.not_before = now + max(0.0, delay)
+        task.holds_queue_slot = False
+        if delay > 0:
+            task.state = TaskState.RETRY_WAIT
+            self._push_delayed(task)
+        else:
+            task.state = TaskState.QUEUED
+            self._push_ready(task)
+            self._notify()
+        self.stats.recovered += 1
+        logger.bind(
+            task_id=task.id,
+            priority=task.priority.label,
+            kind=task.kind,
+            attempts=task.attempts,
+            delay_s=round(delay, 3),
+        ).info("task.recovered")
 
     # -- figures -----------------------------------------------------------
 
@@ -237,6 +287,7 @@ class Scheduler:
             "tasks_retried": s.retried,
             "tasks_dead": s.dead,
             "tasks_rejected": s.rejected,
+            "tasks_recovered": s.recovered,
             "success_rate": round(s.success_rate, 4),
             "by_priority": {
                 p.label: self.figures[p].as_dict(queued[p]) for p in Priority
@@ -353,10 +404,12 @@ class Scheduler:
 
     async def _execute(self, task: Task, token: object) -> None:
         now = trio.current_time()
-        if task.attempts == 0:
+        if task.holds_queue_slot:
+            task.holds_queue_slot = False
             self._waiting_new -= 1
         task.attempts += 1
         task.state = TaskState.RUNNING
+        self._changed_hook(task)
         waited = max(0.0, now - task.not_before)
         self._record_wait(task.priority, waited)
 
@@ -420,6 +473,7 @@ class Scheduler:
         task.not_before = trio.current_time() + delay
         self.stats.retried += 1
         log.bind(delay_s=round(delay, 3)).warning("task.retry_scheduled")
+        self._changed_hook(task)
         self._push_delayed(task)
 
     def backoff_delay(self, attempt: int) -> float:
@@ -440,6 +494,11 @@ class Scheduler:
             task.last_error = error
         task.finished_wall = time.time()
         self.recent.append(task)
+        self._changed_hook(task)
+
+    def _changed_hook(self, task: Task) -> None:
+        if self._on_change is not None and task.durable:
+            self._on_change(task)
 
     def _record_wait(self, priority: Priority, seconds: float) -> None:
         fig = self.figures[priority]

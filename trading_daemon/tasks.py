@@ -47,6 +47,10 @@ class Task:
     finished_wall: float | None = None
     last_error: str | None = None
     result: str | None = None
+    # Durable tasks (alerts) live in the journal; periodic jobs are recreated.
+    durable: bool = False
+    # Set while the task counts against the scheduler's max_queue.
+    holds_queue_slot: bool = False
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for /status."""

@@ -13,8 +13,10 @@ from typing import Any
 
 from loguru import logger
 
-from .alerts import AlertError, parse_alert
+from .alerts import AlertError, parse_body, parse_signal
+from .dedup import Deduplicator
 from .execution import EXECUTE_SIGNAL
+from .journal import Journal, JournalError
 from .priority import Priority
 from .scheduler import QueueFull, Scheduler, SchedulerClosed
 from .tasks import Task
@@ -32,10 +34,19 @@ class Reply:
 
 
 class Intake:
-    """Turns webhook bodies into queued execution tasks."""
+    """Turns webhook bodies into durable, queued execution tasks."""
 
-    def __init__(self, scheduler: Scheduler, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        journal: Journal,
+        dedup: Deduplicator,
+        *,
+        max_body_bytes: int,
+    ) -> None:
         self._scheduler = scheduler
+        self._journal = journal
+        self._dedup = dedup
         self.max_body_bytes = max_body_bytes
 
     def too_large(self, size: int | None = None) -> Reply:
@@ -45,35 +56,61 @@ class Intake:
             {"error": f"{shown} exceeds the {self.max_body_bytes} byte limit"},
         )
 
-    def accept(self, body: bytes) -> Reply:
+    async def accept(self, body: bytes, *, webhook_id: str | None = None) -> Reply:
+        """Validate, deduplicate, journal and queue one alert; say how it went."""
         if len(body) > self.max_body_bytes:
             return self.too_large(len(body))
         try:
-            signal = parse_alert(body)
+            data = parse_body(body)
+            signal = parse_signal(data)
         except AlertError as exc:
             logger.bind(error=str(exc), field=exc.field).warning("alert.rejected")
             return Reply(400, exc.as_json())
+
+        key = self._dedup.key_for(data, signal.alert_id, webhook_id)
+        first = self._dedup.first(key)
+        if first is not None:
+            logger.bind(task_id=first, key=key.key.split(":")[0]).info(
+                "alert.duplicate"
+            )
+            return Reply(200, {"id": first, "status": "duplicate"})
+
+        try:
+            self._scheduler.reserve()
+        except QueueFull:
+            logger.bind(symbol=signal.symbol).warning("alert.refused_queue_full")
+            return _busy("task queue is full; retry later")
+        except SchedulerClosed:
+            return _busy("daemon is shutting down; retry later")
 
         task = Task(
             kind=EXECUTE_SIGNAL,
             priority=Priority.NORMAL,
             payload={"signal": signal.to_payload()},
+            durable=True,
         )
+        # Remembered before the commit so a resend racing this one is a
+        # duplicate rather than a second task.
+        self._dedup.remember(key, task.id)
         try:
-            self._scheduler.submit(task)
-        except QueueFull:
-            logger.bind(symbol=signal.symbol).warning("alert.refused_queue_full")
-            return Reply(
-                503,
-                {"error": "task queue is full; retry later"},
-                {"Retry-After": str(RETRY_AFTER_S)},
+            await self._journal.record_task(
+                task, dedup_key=key.key, dedup_ttl=key.ttl_s
             )
+        except JournalError as exc:
+            self._dedup.forget(key)
+            self._scheduler.release()
+            logger.bind(error=str(exc)).error("alert.not_journaled")
+            return _busy("journal unavailable; retry later")
+        except BaseException:
+            self._scheduler.release()
+            raise
+
+        try:
+            self._scheduler.submit(task, reserved=True)
         except SchedulerClosed:
-            return Reply(
-                503,
-                {"error": "daemon is shutting down; retry later"},
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
+            # Durable already: the next start recovers and runs it.
+            self._scheduler.release()
+            logger.bind(task_id=task.id).info("alert.deferred_to_restart")
 
         logger.bind(
             task_id=task.id,
@@ -84,3 +121,7 @@ class Intake:
         ).info("alert.accepted")
 
         return Reply(202, {"id": task.id, "status": "queued"})
+
+
+def _busy(message: str) -> Reply:
+    return Reply(503, {"error": message}, {"Retry-After": str(RETRY_AFTER_S)})

@@ -1,0 +1,274 @@
+"""paper_broker: netting, realised P&L, idempotent client ids, account figures."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import trio
+
+from trading_daemon.broker import OrderRequest, OrderStatus, Position, Side
+from trading_daemon.paper_broker import POINT_VALUE, PaperBroker
+
+_ids = itertools.count(1)
+
+
+def order(
+    side: Side, size: int, symbol: str = "MNQ", client_id: str = ""
+) -> OrderRequest:
+    """A market order with a fresh client id unless one is given."""
+    return OrderRequest(symbol, side, size, client_id or f"c{next(_ids)}")
+
+
+async def test_paper_broker_buy_while_flat_opens_long() -> None:
+    """A buy while flat opens a long at the configured price and fills at once."""
+    broker = PaperBroker({"mnq": 21000.25})
+
+    result = await broker.place_order(order(Side.BUY, 2))
+
+    assert result.status is OrderStatus.FILLED
+    assert (result.filled_size, result.fill_price) == (2, 21000.25)
+    assert result.order_id == "P1"
+    assert await broker.position("MNQ") == Position("MNQ", 2, 21000.25, 0.0)
+
+
+async def test_paper_broker_unknown_symbol_uses_default_price() -> None:
+    """A symbol without a configured price fills at the default price."""
+    broker = PaperBroker({"MNQ": 21000}, default_price=55.5)
+
+    result = await broker.place_order(order(Side.SELL, 1, "CL"))
+
+    assert result.fill_price == 55.5
+    assert (await broker.position("CL")).size == -1
+
+
+async def test_paper_broker_sell_reduces_then_closes_long() -> None:
+    """Selling a long in parts realises P&L: MNQ 2 @ 100, then 2 @ 110 = +40."""
+    broker = PaperBroker({"MNQ": 100})
+    await broker.place_order(order(Side.BUY, 2))
+    broker.set_price("MNQ", 110)
+
+    await broker.place_order(order(Side.SELL, 1))
+    half = await broker.position("MNQ")
+    await broker.place_order(order(Side.SELL, 1))
+    flat = await broker.position("MNQ")
+
+    assert half == Position("MNQ", 1, 100.0, 20.0)
+    assert flat == Position("MNQ", 0, 0.0, 40.0)
+
+
+async def test_paper_broker_sell_whole_long_realises_pnl() -> None:
+    """One sell of the whole long closes it: MNQ buy 2 @ 100, sell 2 @ 110 = +40."""
+    broker = PaperBroker({"MNQ": 100})
+    await broker.place_order(order(Side.BUY, 2))
+    broker.set_price("MNQ", 110)
+
+    await broker.place_order(order(Side.SELL, 2))
+
+    assert await broker.position("MNQ") == Position("MNQ", 0, 0.0, 40.0)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "point_value"),
+    [("ES", 50.0), ("MES", 5.0), ("NQ", 20.0), ("CL", 1000.0), ("6E", 1.0)],
+)
+async def test_paper_broker_pnl_uses_point_value(
+    symbol: str, point_value: float
+) -> None:
+    """Realised P&L is points x contracts x the root's dollar value per point."""
+    broker = PaperBroker({symbol: 50})
+    await broker.place_order(order(Side.BUY, 3, symbol))
+    broker.set_price(symbol, 52)
+
+    await broker.place_order(order(Side.SELL, 3, symbol))
+
+    assert POINT_VALUE.get(symbol, 1.0) == point_value
+    assert (await broker.position(symbol)).realized_pnl == 2 * 3 * point_value
+
+
+async def test_paper_broker_buy_while_short_covers() -> None:
+    """A buy while short covers it; a fall in price is a profit for the short."""
+    broker = PaperBroker({"MNQ": 200})
+    await broker.place_order(order(Side.SELL, 3))
+    broker.set_price("MNQ", 190)
+
+    await broker.place_order(order(Side.BUY, 2))
+    partial = await broker.position("MNQ")
+    await broker.place_order(order(Side.BUY, 1))
+
+    assert partial == Position("MNQ", -1, 200.0, 40.0)
+    assert await broker.position("MNQ") == Position("MNQ", 0, 0.0, 60.0)
+
+
+async def test_paper_broker_adding_averages_price() -> None:
+    """Adding to a position in the same direction averages the entry price."""
+    broker = PaperBroker({"MNQ": 100})
+    await broker.place_order(order(Side.BUY, 1))
+    broker.set_price("MNQ", 130)
+
+    await broker.place_order(order(Side.BUY, 2))
+
+    assert await broker.position("MNQ") == Position("MNQ", 3, 120.0, 0.0)
+
+
+async def test_paper_broker_sell_bigger_than_long_reverses() -> None:
+    """Sell 3 while long 1 goes short 2 at the new price, realising P&L on the 1."""
+    broker = PaperBroker({"MNQ": 100})
+    await broker.place_order(order(Side.BUY, 1))
+    broker.set_price("MNQ", 110)
+
+    result = await broker.place_order(order(Side.SELL, 3))
+
+    assert (result.filled_size, result.fill_price) == (3, 110.0)
+    assert await broker.position("MNQ") == Position("MNQ", -2, 110.0, 20.0)
+
+
+async def test_paper_broker_buy_bigger_than_short_reverses() -> None:
+    """Buy 5 while short 2 goes long 3 at the new price, realising P&L on the 2."""
+    broker = PaperBroker({"ES": 6000})
+    await broker.place_order(order(Side.SELL, 2, "ES"))
+    broker.set_price("ES", 6010)
+
+    await broker.place_order(order(Side.BUY, 5, "ES"))
+
+    # Short 2 ES losing 10 points: -10 x 2 x $50.
+    assert await broker.position("ES") == Position("ES", 3, 6010.0, -1000.0)
+
+
+async def test_paper_broker_same_client_id_fills_once() -> None:
+    """A second order with the same client id returns the first; one fill only."""
+    broker = PaperBroker({"MNQ": 100})
+    first = await broker.place_order(order(Side.BUY, 1, client_id="task-7:0"))
+    broker.set_price("MNQ", 120)
+
+    again = await broker.place_order(order(Side.BUY, 1, client_id="task-7:0"))
+
+    assert again == first
+    assert again.fill_price == 100.0
+    assert len(broker.fills) == 1
+    assert (await broker.position("MNQ")).size == 1
+    assert await broker.find_order("task-7:0") == first
+    assert await broker.find_order("task-8:0") is None
+
+
+async def test_paper_broker_concurrent_same_client_id_fills_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two attempts racing through the fill delay with one client id fill once."""
+    broker = PaperBroker({"MNQ": 100}, fill_delay=1.0)
+    request = order(Side.BUY, 2, client_id="task-9:0")
+    results = []
+
+    async def place() -> None:
+        results.append(await broker.place_order(request))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(place)
+        nursery.start_soon(place)
+
+    assert len(results) == 2
+    assert results[0] == results[1]
+    assert len(broker.fills) == 1
+    assert (await broker.position("MNQ")).size == 2
+
+
+@pytest.mark.parametrize("size", [0, -1])
+async def test_paper_broker_rejects_non_positive_size(size: int) -> None:
+    """An order for zero or fewer contracts is refused and changes nothing."""
+    broker = PaperBroker()
+
+    with pytest.raises(ValueError, match=f"got {size}"):
+        await broker.place_order(order(Side.BUY, size))
+
+    assert broker.fills == []
+    assert await broker.positions() == []
+
+
+async def test_paper_broker_positions_sorted_with_figures() -> None:
+    """positions() lists every traded symbol, sorted, with size, price and P&L."""
+    broker = PaperBroker({"MNQ": 100, "ES": 6000, "CL": 70})
+    await broker.place_order(order(Side.BUY, 2, "MNQ"))
+    await broker.place_order(order(Side.SELL, 1, "ES"))
+    await broker.place_order(order(Side.BUY, 1, "CL"))
+    broker.set_price("CL", 71)
+    await broker.place_order(order(Side.SELL, 1, "CL"))
+
+    positions = await broker.positions()
+
+    assert positions == [
+        Position("CL", 0, 0.0, 1000.0),
+        Position("ES", -1, 6000.0, 0.0),
+        Position("MNQ", 2, 100.0, 0.0),
+    ]
+    assert [p.as_dict()["side"] for p in positions] == ["flat", "short", "long"]
+
+
+async def test_paper_broker_account_summary_figures() -> None:
+    """account_summary adds realised P&L to the balance and marks open positions."""
+    broker = PaperBroker({"MNQ": 100, "ES": 6000}, balance=10_000)
+    await broker.place_order(order(Side.BUY, 2, "MNQ"))
+    broker.set_price("MNQ", 110)
+    await broker.place_order(order(Side.SELL, 1, "MNQ"))  # realises +20
+    await broker.place_order(order(Side.SELL, 1, "ES"))
+    broker.set_price("MNQ", 115)  # open long 1 @ 100: +15 x $2
+    broker.set_price("ES", 6004)  # open short 1 @ 6000: -4 x $50
+
+    summary = await broker.account_summary()
+
+    assert summary == {
+        "broker": "paper",
+        "balance": 10_020.0,
+        "realized_pnl": 20.0,
+        "unrealized_pnl": 30.0 - 200.0,
+        "open_positions": 2,
+        "orders": 3,
+    }
+
+
+async def test_paper_broker_account_summary_fresh() -> None:
+    """A fresh account shows its starting balance and nothing else."""
+    summary = await PaperBroker(balance=50_000).account_summary()
+
+    assert summary["balance"] == 50_000
+    assert summary["realized_pnl"] == summary["unrealized_pnl"] == 0
+    assert summary["open_positions"] == summary["orders"] == 0
+
+
+async def test_paper_broker_check_fills_nothing_working() -> None:
+    """Market orders fill at once, so a fill check finds nothing new."""
+    broker = PaperBroker()
+    await broker.place_order(order(Side.BUY, 1))
+
+    assert await broker.check_fills() == 0
+
+
+def test_paper_broker_set_price_updates_price() -> None:
+    """set_price changes the price for that root, case-insensitively."""
+    broker = PaperBroker(default_price=100)
+
+    broker.set_price("mnq", 21000)
+
+    assert broker.price("MNQ") == 21000.0
+    assert broker.price("ES") == 100.0
+
+
+@pytest.mark.parametrize("price", [0, 0.0, -1, -0.25, -math.inf])
+def test_paper_broker_set_price_rejects_non_positive(price: float) -> None:
+    """set_price refuses a zero or negative price and keeps the old one."""
+    broker = PaperBroker({"MNQ": 100})
+
+    with pytest.raises(ValueError, match=f"positive.*got {price!r}"):
+        broker.set_price("MNQ", price)
+
+    assert broker.price("MNQ") == 100.0
+
+
+def test_paper_broker_set_price_rejects_nan() -> None:
+    """set_price refuses NaN, which would poison every later P&L figure."""
+    broker = PaperBroker({"MNQ": 100})
+
+    with pytest.raises(ValueError, match="positive"):
+        broker.set_price("MNQ", math.nan)
+
+    assert broker.price("MNQ") == 100.0

@@ -1,0 +1,401 @@
+"""The journal: a SQLite database (WAL) that keeps every acknowledged alert.
+
+A webhook answers 202 only after its alert and task are committed with
+``synchronous=FULL``, which syncs the write-ahead log to disk on every commit.
+One writer task takes whatever operations are waiting, runs them in a single
+transaction on a worker thread and wakes every waiter at once (group commit):
+16 concurrent acknowledgements share one disk sync instead of paying for 16.
+
+Task state changes after the acknowledgement are written the same way but not
+awaited: a task whose "done" is lost in a crash runs again on restart, and the
+order's client id (fixed by the task) makes that rerun find the first order
+instead of placing another. Shutdown cancellations are not written at all, so
+what a stop left behind is still queued or running here and is recovered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from loguru import logger
+
+from .priority import Priority
+from .tasks import Task, TaskState
+
+FILENAME = "journal.sqlite3"
+UNFINISHED = (TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRY_WAIT)
+FINISHED = (TaskState.DONE, TaskState.DEAD)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    result TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, created);
+CREATE TABLE IF NOT EXISTS dedup (
+    key TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_orders (
+    client_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS paper_books (
+    symbol TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    average_price REAL NOT NULL,
+    realized_pnl REAL NOT NULL
+);
+"""
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written; the message says where and why."""
+
+
+@dataclass
+class _Pending:
+    op: Op
+    done: trio.Event | None
+    error: BaseException | None = None
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    queued: int = 0
+    running: int = 0
+    retry_wait: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running + self.retry_wait
+
+
+class Journal:
+    """Durable store of tasks, deduplication keys and the paper account."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / FILENAME
+        self._conn = _open(state_dir, self.path)
+        self._send, self._receive = trio.open_memory_channel[_Pending](math.inf)
+        # One thread at a time touches the connection; sqlite3 objects are not
+        # safe for concurrent use.
+        self._limiter = trio.CapacityLimiter(1)
+        self.commits = 0
+        self.ops_written = 0
+
+    # -- running -----------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write batches until ``close`` is called and everything is flushed."""
+        task_status.started()
+        async with self._receive:
+            while True:
+                try:
+                    batch = [await self._receive.receive()]
+                except trio.EndOfChannel:
+                    break
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                # Shielded: a batch already handed to the thread must be waited
+                # for, or its waiters would never learn whether it committed.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(
+                        self._apply, batch, limiter=self._limiter
+                    )
+                for pending in batch:
+                    if pending.done is not None:
+                        pending.done.set()
+        await trio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+
+    def close(self) -> None:
+        """Stop taking writes; ``run`` returns once the last batch is on disk."""
+        self._send.close()
+
+    def _apply(self, batch: list[_Pending]) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for index, pending in enumerate(batch):
+                savepoint = f"op{index}"
+                conn.execute(f"SAVEPOINT {savepoint}")
+                try:
+                    pending.result = pending.op(conn)
+                except sqlite3.Error as exc:
+                    conn.execute(f"ROLLBACK TO {savepoint}")
+                    pending.error = exc
+                conn.execute(f"RELEASE {savepoint}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The whole batch is lost: every waiter hears about it.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for pending in batch:
+                pending.error = pending.error or exc
+            logger.bind(error=str(exc), ops=len(batch)).error("journal.commit_failed")
+            return
+        self.commits += 1
+        self.ops_written += len(batch)
+
+    async def write(self, op: Op) -> Any:
+        """Run ``op`` in the next batch and wait until it is durably committed."""
+        pending = _Pending(op, trio.Event())
+        self._send.send_nowait(pending)
+        assert pending.done is not None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise JournalError(f"journal write failed: {pending.error}")
+        return pending.result
+
+    def write_later(self, op: Op) -> None:
+        """Queue ``op`` for the next batch without waiting for it."""
+        try:
+            self._send.send_nowait(_Pending(op, None))
+        except trio.ClosedResourceError:
+            logger.warning("journal.write_after_close")
+
+    async def read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        return await trio.to_thread.run_sync(query, self._conn, limiter=self._limiter)
+
+    # -- tasks -------------------------------------------------------------
+
+    async def record_task(
+        self, task: Task, *, dedup_key: str | None = None, dedup_ttl: float = 0.0
+    ) -> None:
+        """Durably record a new task (and its dedup key) before it is acknowledged."""
+        row = _task_row(task)
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT_TASK, row)
+            if dedup_key is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO dedup (key, task_id, expires)"
+                    " VALUES (?, ?, ?)",
+                    (dedup_key, task.id, now + dedup_ttl),
+                )
+
+        await self.write(op)
+
+    def task_changed(self, task: Task) -> None:
+        """Scheduler hook: persist a state change (shutdown cancellations excepted)."""
+        if task.state is TaskState.CANCELLED:
+            return
+        row = _task_row(task)
+        self.write_later(lambda conn: conn.execute(_UPSERT_TASK, row))
+
+    def unfinished(self) -> list[tuple[Task, float]]:
+        """Tasks a previous run left unfinished, with their wall-clock not-before."""
+        placeholders = ",".join("?" for _ in UNFINISHED)
+        rows = self._conn.execute(
+            f"SELECT * FROM tasks WHERE state IN ({placeholders}) ORDER BY created",
+            [s.value for s in UNFINISHED],
+        ).fetchall()
+        return [(_task_from_row(row), float(row["not_before"])) for row in rows]
+
+    def dedup_keys(self) -> dict[str, tuple[str, float]]:
+        rows = self._conn.execute(
+            "SELECT key, task_id, expires FROM dedup WHERE expires > ?", (time.time(),)
+        ).fetchall()
+        return {key: (task_id, expires) for key, task_id, expires in rows}
+
+    async def dead_letters(self, limit: int = 500) -> list[dict[str, Any]]:
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT * FROM tasks WHERE state = ? ORDER BY finished DESC LIMIT ?",
+                (TaskState.DEAD.value, limit),
+            ).fetchall()
+            return [_task_from_row(row).summary() for row in rows]
+
+        result: list[dict[str, Any]] = await self.read(query)
+        return result
+
+    async def load_task(self, task_id: str) -> Task | None:
+        def query(conn: sqlite3.Connection) -> Task | None:
+            row = conn.execute(
+                "SELECT * FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            return _task_from_row(row) if row else None
+
+        task: Task | None = await self.read(query)
+        return task
+
+    async def prune(self, older_than_s: float) -> int:
+        """Delete finished tasks and expired dedup keys; never unfinished work."""
+        cutoff = time.time() - older_than_s
+
+        def op(conn: sqlite3.Connection) -> int:
+            placeholders = ",".join("?" for _ in FINISHED)
+            deleted = conn.execute(
+                f"DELETE FROM tasks WHERE state IN ({placeholders})"
+                " AND COALESCE(finished, updated) < ?",
+                [*(s.value for s in FINISHED), cutoff],
+            ).rowcount
+            conn.execute("DELETE FROM dedup WHERE expires < ?", (time.time(),))
+            return int(deleted)
+
+        pruned: int = await self.write(op)
+        return pruned
+
+    # -- figures -----------------------------------------------------------
+
+    def size_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    async def oldest_unfinished(self) -> float | None:
+        def query(conn: sqlite3.Connection) -> float | None:
+            placeholders = ",".join("?" for _ in UNFINISHED)
+            row = conn.execute(
+                f"SELECT MIN(created) FROM tasks WHERE state IN ({placeholders})",
+                [s.value for s in UNFINISHED],
+            ).fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        oldest: float | None = await self.read(query)
+        return oldest
+
+    # -- paper account -----------------------------------------------------
+
+    def paper_state(self) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+        orders = [
+            json.loads(body)
+            for (body,) in self._conn.execute(
+                "SELECT body FROM paper_orders ORDER BY created"
+            )
+        ]
+        books = self._conn.execute(
+            "SELECT symbol, size, average_price, realized_pnl FROM paper_books"
+        ).fetchall()
+        return orders, books
+
+    async def record_paper_fill(
+        self, client_id: str, order: dict[str, Any], book: tuple[str, int, float, float]
+    ) -> None:
+        body = json.dumps(order)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO paper_orders (client_id, body, created) VALUES (?, ?, ?)",
+                (client_id, body, time.time()),
+            )
+            conn.execute("INSERT OR REPLACE INTO paper_books VALUES (?, ?, ?, ?)", book)
+
+        await self.write(op)
+
+
+_COLUMNS = (
+    "id, kind, priority, payload, state, attempts, not_before, last_error, result,"
+    " created, updated, finished"
+)
+_INSERT_TASK = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_TASK = (
+    f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT(id) DO UPDATE SET state=excluded.state,"
+    " attempts=excluded.attempts, not_before=excluded.not_before,"
+    " last_error=excluded.last_error, result=excluded.result,"
+    " updated=excluded.updated, finished=excluded.finished"
+)
+
+
+def _task_row(task: Task) -> tuple[Any, ...]:
+    # The scheduler's not-before time is on trio's clock; store wall time.
+    not_before = 0.0
+    if task.state is TaskState.RETRY_WAIT:
+        not_before = time.time() + max(0.0, task.not_before - trio.current_time())
+    return (
+        task.id,
+        task.kind,
+        int(task.priority),
+        json.dumps(task.payload),
+        task.state.value,
+        task.attempts,
+        not_before,
+        task.last_error,
+        task.result,
+        task.created_wall,
+        time.time(),
+        task.finished_wall,
+    )
+
+
+def _task_from_row(row: sqlite3.Row) -> Task:
+    return Task(
+        kind=row["kind"],
+        priority=Priority(row["priority"]),
+        payload=json.loads(row["payload"]),
+        id=row["id"],
+        state=TaskState(row["state"]),
+        attempts=row["attempts"],
+        created_wall=row["created"],
+        finished_wall=row["finished"],
+        last_error=row["last_error"],
+        result=row["result"],
+        durable=True,
+    )
+
+
+def _open(state_dir: Path, path: Path) -> sqlite3.Connection:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JournalError(
+            f"state directory {str(state_dir)!r} cannot be created: {exc.strerror}"
+        ) from None
+    if not state_dir.is_dir():
+        raise JournalError(f"state directory {str(state_dir)!r} is not a directory")
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise JournalError(f"state directory {str(state_dir)!r} is not writable")
+
+    try:
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=5
+        )
+        conn.row_factory = sqlite3.Row
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
+        # FULL syncs the WAL on every commit: a 202 survives power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(_SCHEMA)
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {check}")
+    except sqlite3.Error as exc:
+        raise JournalError(
+            f"journal {str(path)!r} is not a usable SQLite database: {exc}"
+        ) from None
+    return conn
