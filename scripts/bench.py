@@ -85,6 +85,9 @@ class DaemonProcess:
             # Production logs one line per lifecycle step; the figure is taken
             # with INFO logging on, as a trader would run it.
             "TRADING_LOG_LEVEL": "INFO",
+            # All traffic comes from 127.0.0.1: the per-source limit would
+            # refuse it.
+            "TRADING_RATE_LIMIT": "0",
             **env,
         }
         full_env.pop("JOURNAL_STREAM", None)

@@ -64,6 +64,9 @@ class Daemon:
             "TRADING_PAPER_FILL_DELAY": str(fill_delay),
             "TRADING_MAX_QUEUE": "5000",
             "TRADING_LOG_LEVEL": "INFO",
+            # All traffic comes from 127.0.0.1: the per-source limit would
+            # refuse it.
+            "TRADING_RATE_LIMIT": "0",
         }
         env.pop("JOURNAL_STREAM", None)
         self.log = log

@@ -444,3 +444,14 @@ def test_parse_alert_total_on_arbitrary_bytes(raw: bytes) -> None:
     assert isinstance(result, Signal)
     assert result.action in set(Action)
     assert result.quantity is None or 1 <= result.quantity <= MAX_QUANTITY
+
+
+def test_parse_body_refuses_duplicate_fields() -> None:
+    """A body naming a field twice is refused rather than silently taking the last."""
+    body = b'{"action":"buy","symbol":"MNQ","quantity":1,"action":"sell"}'
+
+    with pytest.raises(AlertError) as caught:
+        parse_alert(body)
+
+    assert caught.value.field == "action"
+    assert "more than once" in str(caught.value)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from trading_daemon.cli import EXIT_CONFIG, format_status, main
@@ -198,3 +204,48 @@ def test_format_status_empty_document() -> None:
     assert "0 waiting, 0 running" in text
     assert "success 100.0%" in text
     assert text.splitlines()[-1] == "positions none"
+
+
+@pytest.mark.slow
+def test_main_simulate_projectx_serves_until_sigint() -> None:
+    """simulate-projectx answers a login on its port and exits 0 on SIGINT."""
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    command = [sys.executable, "-m", "trading_daemon", "simulate-projectx"]
+    options = ["--port", "0", "--username", "dry", "--api-key", "dry-run-key-01"]
+    proc = subprocess.Popen(
+        command + options, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 20
+        port = None
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            match = re.search(r"projectx_simulator\.listening .*port=(\d+)", line)
+            port = match.group(1) if match else None
+        assert port is not None, "the simulator never reported its port"
+        login = httpx.post(
+            f"http://127.0.0.1:{port}/api/Auth/loginKey",
+            json={"userName": "dry", "apiKey": "dry-run-key-01"},
+            timeout=5,
+        )
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+
+    assert login.json()["success"] is True
+    assert proc.returncode == 0, rest
+    assert "projectx_simulator.stopping signal=SIGINT" in rest
+
+
+def test_serve_broker_setup_error_found_inside_groups() -> None:
+    """A refused login or unusable account inside the daemon's group exits 2."""
+    from trading_daemon.broker import BrokerSetupError
+    from trading_daemon.cli import _find_broker_setup_error
+
+    refused = BrokerSetupError("account 'PRAC' may not trade (canTrade is false)")
+    nested = ExceptionGroup("daemon", [ExceptionGroup("start", [refused])])
+
+    assert _find_broker_setup_error(nested) is refused
+    assert _find_broker_setup_error(ExceptionGroup("x", [ValueError()])) is None

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from trading_daemon import config
 from trading_daemon.config import (
     SECRET_MASK,
     ConfigError,
@@ -318,7 +317,7 @@ def test_settings_masked_empty_key_stays_empty() -> None:
         ("TRADING_WORKERS", "0"),
         ("WEBHOOK_PORT", "abc"),
         ("TRADING_PAPER_PRICES", "MNQ"),
-        ("TRADING_BROKER", "projectx"),
+        ("TRADING_BROKER", "ibkr"),
     ],
 )
 def test_load_settings_error_elsewhere_hides_api_key(variable: str, value: str) -> None:
@@ -332,12 +331,8 @@ def test_load_settings_error_elsewhere_hides_api_key(variable: str, value: str) 
     assert SECRET not in str(info.value)
 
 
-def test_load_settings_projectx_missing_username_hides_api_key(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_load_settings_projectx_missing_username_hides_api_key() -> None:
     """The projectx broker's missing-username error does not show the API key."""
-    # The ProjectX adapter is issue #4; allow the name to reach the check.
-    monkeypatch.setattr(config, "BROKERS", ("paper", "projectx"))
     env = {"TRADING_BROKER": "projectx", "PROJECT_X_API_KEY": SECRET}
 
     with pytest.raises(ConfigError) as info:
@@ -347,11 +342,8 @@ def test_load_settings_projectx_missing_username_hides_api_key(
     assert SECRET not in str(info.value)
 
 
-def test_load_settings_projectx_requires_api_key(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_load_settings_projectx_requires_api_key() -> None:
     """The projectx broker without an API key is a startup error naming it."""
-    monkeypatch.setattr(config, "BROKERS", ("paper", "projectx"))
     env = {"TRADING_BROKER": "projectx", "PROJECT_X_USERNAME": "trader"}
 
     with pytest.raises(ConfigError, match="PROJECT_X_API_KEY is required"):
@@ -367,3 +359,184 @@ def test_load_settings_bad_credential_file_is_config_error(tmp_path: Path) -> No
 
     assert "PROJECT_X_API_KEY" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+def test_load_settings_projectx_tuning() -> None:
+    """PROJECT_X_* tuning variables parse; symbol aliases come out upper-case."""
+    env = {
+        "PROJECT_X_TIMEOUT": "2.5",
+        "PROJECT_X_RATE_LIMIT": "100",
+        "PROJECT_X_RATE_WINDOW": "30",
+        "PROJECT_X_SYMBOLS": "cl=cle, SI=SIE",
+    }
+
+    settings = load_settings(env)
+
+    assert settings.project_x_timeout == 2.5
+    assert settings.project_x_rate_limit == 100
+    assert settings.project_x_rate_window == 30.0
+    assert settings.project_x_symbols == {"CL": "CLE", "SI": "SIE"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PROJECT_X_RATE_LIMIT", "0", "must be at least 1, got 0"),
+        ("PROJECT_X_TIMEOUT", "0", "must be greater than 0, got 0.0"),
+        ("PROJECT_X_SYMBOLS", "CL", "must look like ROOT=GATEWAYROOT, got 'CL'"),
+    ],
+)
+def test_load_settings_projectx_tuning_invalid(
+    variable: str, value: str, message: str
+) -> None:
+    """A bad PROJECT_X_* tuning value is a startup error naming it and the value."""
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings({variable: value})
+
+    assert str(info.value).startswith(variable)
+
+
+# --- listener limits and webhook authentication (issue #6) -----------------
+
+WEBHOOK_SECRET = "tv-passphrase-config-0042-marker"
+SIGNING = "whsec_" + "c2lnbmluZy1rZXktZm9yLWNvbmZpZy10ZXN0cy0wMDQy"
+
+
+def test_load_settings_auth_and_limits_from_env() -> None:
+    """The auth and listener variables parse: lists split on commas and spaces."""
+    env = {
+        "TRADING_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TRADING_WEBHOOK_TOKEN": "bearer-token-config-0042",
+        "TRADING_WEBHOOK_SIGNING_SECRETS": f"{SIGNING}, {SIGNING}",
+        "TRADING_ALLOWED_SOURCES": "tradingview, 10.0.0.0/8 192.0.2.1",
+        "TRADING_TRUSTED_PROXIES": "127.0.0.1,::1",
+        "TRADING_ADMIN_TOKEN": "admin-token-config-0042",
+        "TRADING_STATUS_PUBLIC": "no",
+        "TRADING_RATE_LIMIT": "30",
+        "WEBHOOK_MAX_CONNECTIONS": "64",
+        "WEBHOOK_READ_TIMEOUT": "5",
+        "WEBHOOK_KEEP_ALIVE_TIMEOUT": "20",
+        "WEBHOOK_MAX_HEADER_BYTES": "8192",
+    }
+
+    s = load_settings(env)
+
+    assert s.webhook_signing_secrets == (SIGNING, SIGNING)
+    assert s.allowed_sources == ("tradingview", "10.0.0.0/8", "192.0.2.1")
+    assert s.trusted_proxies == ("127.0.0.1", "::1")
+    assert s.status_public is False
+    assert (s.rate_limit, s.max_connections, s.max_header_bytes) == (30, 64, 8192)
+    assert (s.read_timeout, s.keep_alive_timeout) == (5.0, 20.0)
+
+
+def test_load_settings_auth_from_toml(tmp_path: Path) -> None:
+    """TOML arrays and booleans work for the list and bool settings."""
+    path = write_toml(
+        tmp_path,
+        'allowed_sources = ["tradingview"]\nstatus_public = true\n'
+        f'webhook_signing_secrets = ["{SIGNING}"]\n',
+    )
+
+    s = load_settings({}, config_file=path)
+
+    assert s.allowed_sources == ("tradingview",)
+    assert s.webhook_signing_secrets == (SIGNING,)
+    assert s.status_public is True
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TRADING_WEBHOOK_SECRET",
+        "TRADING_WEBHOOK_TOKEN",
+        "TRADING_WEBHOOK_SIGNING_SECRETS",
+        "TRADING_ADMIN_TOKEN",
+    ],
+)
+def test_load_settings_auth_secrets_from_credentials_directory(
+    tmp_path: Path, name: str
+) -> None:
+    """Each auth secret may come from $CREDENTIALS_DIRECTORY, masked afterwards."""
+    value = SIGNING if name.endswith("SIGNING_SECRETS") else WEBHOOK_SECRET
+    (tmp_path / name).write_text(value + "\n")
+
+    s = load_settings({"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    field_name = name.removeprefix("TRADING_").lower()
+
+    assert getattr(s, field_name) in (value, (value,))
+    assert value not in json.dumps(s.masked())
+    assert value not in repr(s)
+    assert value in s.secret_values()
+
+
+def test_load_settings_live_broker_without_webhook_auth_is_refused() -> None:
+    """A live broker with no webhook credential does not start; one line says so."""
+    env = {
+        "TRADING_BROKER": "projectx",
+        "PROJECT_X_USERNAME": "trader",
+        "PROJECT_X_API_KEY": SECRET,
+        "TRADING_ALLOWED_SOURCES": "tradingview",
+    }
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+
+    message = str(info.value)
+    assert message.startswith("TRADING_BROKER=projectx places real orders")
+    assert "TRADING_WEBHOOK_SECRET" in message
+    assert "\n" not in message
+    assert SECRET not in message
+    assert load_settings({**env, "TRADING_WEBHOOK_SECRET": WEBHOOK_SECRET})
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"TRADING_WEBHOOK_SECRET": "short"}, "at least 16 characters, got 5"),
+        ({"TRADING_ADMIN_TOKEN": "x" * 15}, "at least 16 characters, got 15"),
+        (
+            {"TRADING_WEBHOOK_SIGNING_SECRETS": "whsec_" + "!" * 40},
+            "entry 1 must be whsec_ followed by base64",
+        ),
+        (
+            {"TRADING_WEBHOOK_SIGNING_SECRETS": f"{SIGNING} whsec_c2hvcnQ="},
+            "entry 2 must hold at least 24 bytes of key, got 5",
+        ),
+        (
+            {
+                "TRADING_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "TRADING_ADMIN_TOKEN": WEBHOOK_SECRET,
+            },
+            "TRADING_ADMIN_TOKEN must differ",
+        ),
+        ({"TRADING_STATUS_PUBLIC": "false"}, "needs TRADING_ADMIN_TOKEN"),
+        ({"TRADING_STATUS_PUBLIC": "maybe"}, "must be true or false, got 'maybe'"),
+        ({"TRADING_ALLOWED_SOURCES": "tradingview,10.0.0.1/8"}, "got '10.0.0.1/8'"),
+        ({"TRADING_TRUSTED_PROXIES": "tradingview"}, "got 'tradingview'"),
+        ({"TRADING_RATE_LIMIT": "-1"}, "must be 0 (off) or more"),
+        ({"WEBHOOK_MAX_CONNECTIONS": "0"}, "must be at least 1"),
+        ({"WEBHOOK_READ_TIMEOUT": "0"}, "must be greater than 0"),
+        ({"WEBHOOK_MAX_HEADER_BYTES": "100"}, "must be at least 1024"),
+    ],
+)
+def test_load_settings_auth_invalid_values(env: dict[str, str], fragment: str) -> None:
+    """Bad auth and limit values stop startup, naming the rule, hiding secrets."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+
+    message = str(info.value)
+    assert fragment in message
+    for value in env.values():
+        if len(value) > 16:
+            assert value not in message
+
+
+def test_settings_secret_values_include_bare_signing_keys() -> None:
+    """secret_values lists each secret, and a whsec_ key also without its prefix."""
+    s = Settings(webhook_secret=WEBHOOK_SECRET, webhook_signing_secrets=(SIGNING,))
+
+    assert set(s.secret_values()) == {
+        WEBHOOK_SECRET,
+        SIGNING,
+        SIGNING.removeprefix("whsec_"),
+    }

@@ -174,3 +174,55 @@ def test_daemon_bad_configuration_exits_2_with_one_line(tmp_path: Path) -> None:
         "trading-daemon: configuration error: "
         "TRADING_WORKERS must be a whole number, got 'many'"
     ]
+
+
+async def test_daemon_answers_connection_close_while_stopping(tmp_path: Path) -> None:
+    """After a stop request, kept-alive connections get Connection: close."""
+    daemon = Daemon(Settings(webhook_port=0, state_dir=tmp_path))
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(daemon.run)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            before = await client.get("/health")
+            daemon.request_stop("test")
+            during = await client.get("/health")
+
+    assert before.status_code == 200
+    assert "close" not in before.headers.get("connection", "")
+    assert during.status_code == 503
+    assert during.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "reason"),
+    [("999.1.1.1", "0", "Name or service not known"), ("127.0.0.1", "busy", "in use")],
+)
+def test_daemon_cannot_listen_is_one_line_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    host: str,
+    port: str,
+    reason: str,
+) -> None:
+    """A host that does not resolve or a port in use: one startup line, exit 2."""
+    import socket
+
+    from trading_daemon.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        if port == "busy":
+            port = str(holder.getsockname()[1])
+        monkeypatch.setenv("WEBHOOK_HOST", host)
+        monkeypatch.setenv("WEBHOOK_PORT", port)
+        monkeypatch.setenv("TRADING_STATE_DIR", str(tmp_path))
+        code = main(["serve"])
+    err = capsys.readouterr().err
+
+    startup = [line for line in err.splitlines() if "startup error" in line]
+    assert code == 2
+    assert len(startup) == 1
+    assert f"cannot listen on {host}:{port}" in startup[0]
+    assert reason in startup[0]
+    assert "Traceback" not in err

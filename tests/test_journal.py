@@ -185,7 +185,7 @@ def seed(state_dir: Path, states: dict[str, TaskState], **extra: Any) -> None:
         )
         attempts = 1 if state in (TaskState.RUNNING, TaskState.RETRY_WAIT) else 0
         conn.execute(
-            "INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 task_id,
                 EXECUTE_SIGNAL,
@@ -199,6 +199,7 @@ def seed(state_dir: Path, states: dict[str, TaskState], **extra: Any) -> None:
                 now + index,
                 now + index,
                 now if state in (TaskState.DONE, TaskState.DEAD) else None,
+                extra.get("lane"),
             ),
         )
     conn.close()
@@ -280,7 +281,9 @@ class FlakyPaper(PaperBroker):
 
 async def test_journal_dead_letter_persists_and_replays(tmp_path: Path) -> None:
     """A dead letter is listed with its reason after restart and replays to a fill."""
-    settings = Settings(state_dir=tmp_path, max_retries=0)
+    admin_token = "admin-token-for-replay-0042"
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    settings = Settings(state_dir=tmp_path, max_retries=0, admin_token=admin_token)
     first = Daemon(settings)
     first.broker = FlakyPaper(journal=first.journal)
     first.executor._broker = first.broker
@@ -293,10 +296,10 @@ async def test_journal_dead_letter_persists_and_replays(tmp_path: Path) -> None:
     async with core(second):
         client = create_app(second).test_client()
         listed = await (await client.get("/dead-letters")).get_json()
-        replayed = await client.post(f"/dead-letters/{task_id}/replay")
+        replayed = await client.post(f"/dead-letters/{task_id}/replay", headers=admin)
         await until(lambda: second.scheduler.stats.completed == 1)
-        again = await client.post(f"/dead-letters/{task_id}/replay")
-        missing = await client.post("/dead-letters/nope/replay")
+        again = await client.post(f"/dead-letters/{task_id}/replay", headers=admin)
+        missing = await client.post("/dead-letters/nope/replay", headers=admin)
 
     assert [(d["id"], d["last_error"]) for d in listed["dead_letters"]] == [
         (task_id, "ConnectionError: broker unreachable")
@@ -362,3 +365,16 @@ def test_cli_serve_with_corrupt_journal_exits_2_with_one_line(
     assert code == 2
     assert "trading-daemon: startup error: journal" in err
     assert "Traceback" not in err
+
+
+async def test_journal_recovery_keeps_lane_order(tmp_path: Path) -> None:
+    """Recovered tasks of one lane run one at a time, oldest first."""
+    seed(tmp_path, {"lane-1": TaskState.RUNNING, "lane-2": TaskState.QUEUED}, lane="L")
+    daemon = Daemon(Settings(state_dir=tmp_path))
+    assert isinstance(daemon.broker, PaperBroker)
+    async with core(daemon):
+        await until(lambda: daemon.scheduler.stats.completed == 2)
+
+    restored = [t for t in daemon.scheduler.recent if t.kind == EXECUTE_SIGNAL]
+    assert [t.lane for t in restored] == ["L", "L"]
+    assert [f.client_id for f in daemon.broker.fills] == ["td-lane-1", "td-lane-2"]

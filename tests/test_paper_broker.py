@@ -8,7 +8,14 @@ import math
 import pytest
 import trio
 
-from trading_daemon.broker import OrderRequest, OrderStatus, Position, Side
+from trading_daemon.broker import (
+    BrokerRefusal,
+    FillReport,
+    OrderRequest,
+    OrderStatus,
+    Position,
+    Side,
+)
 from trading_daemon.paper_broker import POINT_VALUE, PaperBroker
 
 _ids = itertools.count(1)
@@ -240,7 +247,7 @@ async def test_paper_broker_check_fills_nothing_working() -> None:
     broker = PaperBroker()
     await broker.place_order(order(Side.BUY, 1))
 
-    assert await broker.check_fills() == 0
+    assert await broker.check_fills() == FillReport()
 
 
 def test_paper_broker_set_price_updates_price() -> None:
@@ -272,3 +279,37 @@ def test_paper_broker_set_price_rejects_nan() -> None:
         broker.set_price("MNQ", math.nan)
 
     assert broker.price("MNQ") == 100.0
+
+
+async def test_paper_broker_close_position_flattens() -> None:
+    """close_position sells a long at the market and leaves the symbol flat."""
+    broker = PaperBroker({"MNQ": 21000})
+    await broker.place_order(order(Side.BUY, 3))
+
+    await broker.close_position("mnq")
+    await broker.close_position("MES")  # flat: nothing happens
+
+    assert (await broker.position("MNQ")).size == 0
+    assert [t.side for t in await broker.trades()] == [Side.BUY, Side.SELL]
+    assert [o.size for o in broker.fills] == [3, 3]
+
+
+async def test_paper_broker_interface_extras() -> None:
+    """Paper answers the rest of the interface: contract, account, no open orders."""
+    broker = PaperBroker(balance=1000)
+    await broker.start()
+
+    contract = await broker.resolve_contract("mnq")
+    accounts = await broker.accounts()
+
+    assert (contract.id, contract.symbol, contract.tick_value) == (
+        "PAPER.MNQ",
+        "MNQ",
+        2,
+    )
+    assert [(a.name, a.balance, a.can_trade) for a in accounts] == [
+        ("paper", 1000, True)
+    ]
+    assert await broker.open_orders() == []
+    with pytest.raises(BrokerRefusal, match="not open"):
+        await broker.cancel_order("P1")

@@ -36,6 +36,8 @@ def make(**overrides: object) -> Scheduler:
         "max_retries": 3,
         "retry_base_delay": 2.0,
         "retry_jitter": 0.0,
+        "critical_reserve": 0,
+        "aging_interval": 0.0,
         "timeouts": TIMEOUTS,
     }
     base.update(overrides)
@@ -393,3 +395,135 @@ async def test_scheduler_snapshot_has_the_documented_fields(
     }
     assert {key: snap[key] for key in expected} == expected
     assert snap["by_priority"]["normal"]["queued"] == 0
+
+
+async def test_scheduler_critical_reserve_starts_critical_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """With lower-priority work filling every other slot, CRITICAL starts at once."""
+    scheduler = make(max_concurrent=4, workers=2, critical_reserve=1)
+    release = trio.Event()
+    started: dict[str, float] = {}
+
+    async def hold(task: Task) -> str:
+        started[task.payload["name"]] = trio.current_time()
+        await release.wait()
+        return "ok"
+
+    scheduler.register("hold", hold)
+    async with running(scheduler):
+        for index in range(10):
+            scheduler.submit(Task("hold", Priority.LOW, {"name": f"low-{index}"}))
+        await trio.sleep(1)
+        low_running = scheduler.active
+        t0 = trio.current_time()
+        scheduler.submit(Task("hold", Priority.CRITICAL, {"name": "critical"}))
+        await trio.sleep(1)
+        release.set()
+
+    assert low_running == 3
+    assert started["critical"] == t0
+
+
+async def test_scheduler_aging_keeps_low_from_starving(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Under a steady NORMAL stream, a LOW task still starts after aging lifts it."""
+    scheduler = make(max_concurrent=1, workers=1, aging_interval=30.0)
+    started: dict[str, float] = {}
+
+    async def work(task: Task) -> str:
+        started.setdefault(task.payload["name"], trio.current_time())
+        await trio.sleep(1)
+        return "ok"
+
+    scheduler.register("work", work)
+    async with running(scheduler):
+        scheduler.submit(Task("work", Priority.LOW, {"name": "low"}))
+        scheduler.submit(Task("work", Priority.NORMAL, {"name": "normal-0"}))
+        # Keep a NORMAL task always waiting for 120 s.
+        for index in range(1, 121):
+            scheduler.submit(Task("work", Priority.NORMAL, {"name": f"normal-{index}"}))
+            await trio.sleep(1)
+
+    # After one 30 s interval it ranks as NORMAL, and its earlier arrival puts
+    # it ahead of every NORMAL task that came after it.
+    assert 30 <= started["low"] <= 31
+
+
+async def test_scheduler_without_aging_low_waits_for_normal(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """With aging off, LOW waits until no NORMAL task is ready (plain priority)."""
+    scheduler = make(max_concurrent=1, workers=1, aging_interval=0.0)
+    order: list[str] = []
+
+    async def work(task: Task) -> str:
+        order.append(task.payload["name"])
+        await trio.sleep(1)
+        return "ok"
+
+    scheduler.register("work", work)
+    async with running(scheduler):
+        scheduler.submit(Task("work", Priority.LOW, {"name": "low"}))
+        for index in range(5):
+            scheduler.submit(Task("work", Priority.NORMAL, {"name": f"n{index}"}))
+        await trio.sleep(10)
+
+    assert order[-1] == "low"
+
+
+async def test_scheduler_lane_runs_one_at_a_time_in_arrival_order(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """One lane runs one task at a time in arrival order; lanes run in parallel."""
+    scheduler = make(max_concurrent=10, workers=3)
+    spans: dict[str, tuple[float, float]] = {}
+
+    async def work(task: Task) -> str:
+        start = trio.current_time()
+        await trio.sleep(task.payload["seconds"])
+        spans[task.payload["name"]] = (start, trio.current_time())
+        return "ok"
+
+    scheduler.register("work", work)
+    async with running(scheduler):
+        plan = [("a1", "MNQ", 3, Priority.LOW), ("a2", "MNQ", 1, Priority.CRITICAL)]
+        plan += [("b1", "MES", 1, Priority.NORMAL), ("a3", "MNQ", 1, Priority.HIGH)]
+        for name, lane, seconds, priority in plan:
+            task = Task("work", priority, {"name": name, "seconds": seconds})
+            task.lane = lane
+            scheduler.submit(task, internal=True)
+        await trio.sleep(10)
+
+    assert spans["a1"] == (0.0, 3.0)
+    assert spans["a2"] == (3.0, 4.0)
+    assert spans["a3"] == (4.0, 5.0)
+    assert spans["b1"] == (0.0, 1.0)
+
+
+async def test_scheduler_lane_waits_through_retries(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A lane stays closed while its task waits out a retry backoff."""
+    scheduler = make(max_retries=1)
+    starts: list[tuple[str, float]] = []
+    failed = False
+
+    async def work(task: Task) -> str:
+        nonlocal failed
+        starts.append((task.payload["name"], trio.current_time()))
+        if task.payload["name"] == "first" and not failed:
+            failed = True
+            raise ConnectionError("lost answer")
+        return "ok"
+
+    scheduler.register("work", work)
+    async with running(scheduler):
+        for name in ("first", "second"):
+            task = Task("work", Priority.NORMAL, {"name": name})
+            task.lane = "1001:MNQ"
+            scheduler.submit(task, internal=True)
+        await trio.sleep(5)
+
+    assert starts == [("first", 0.0), ("first", 2.0), ("second", 2.0)]

@@ -108,11 +108,15 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise AlertError("body is empty; expected a JSON object")
 
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(
+            text, parse_constant=_refuse_constant, object_pairs_hook=_unique_keys
+        )
     except json.JSONDecodeError as exc:
         raise AlertError(
             f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except AlertError:
+        raise
     except RecursionError:
         raise AlertError("body is nested too deeply") from None
     except ValueError as exc:
@@ -258,6 +262,16 @@ def _alert_id(value: Any) -> str | None:
             field="id",
         )
     return text
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"action":"buy","action":"sell"} would silently sell; refuse instead.
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise AlertError(f"field {key!r} appears more than once", field=key)
+        data[key] = value
+    return data
 
 
 def _refuse_constant(name: str) -> Any:

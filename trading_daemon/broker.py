@@ -26,9 +26,18 @@ class OrderStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
 
+    @property
+    def final(self) -> bool:
+        """True once the order can no longer fill."""
+        return self is not OrderStatus.WORKING
+
 
 class BrokerRefusal(Exception):
     """The broker refused the request for a business reason; retrying won't help."""
+
+
+class BrokerSetupError(Exception):
+    """The broker cannot be used as configured: credentials, account, permissions."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,67 @@ class OrderResult:
     filled_size: int = 0
     fill_price: float | None = None
 
+    @property
+    def partially_filled(self) -> bool:
+        return 0 < self.filled_size < self.size
+
+
+@dataclass(frozen=True)
+class Account:
+    """A broker account as the broker lists it."""
+
+    id: str
+    name: str
+    balance: float
+    can_trade: bool
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What an order on ``symbol`` (a root such as MNQ) trades right now.
+
+    Futures roll: the id of a root's active month changes every few months, so
+    it is resolved at run time and never written into configuration.
+    """
+
+    id: str
+    symbol: str
+    name: str
+    tick_size: float
+    tick_value: float
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One execution; ``profit_and_loss`` is None when it opened a position."""
+
+    id: str
+    order_id: str
+    symbol: str
+    side: Side
+    size: int
+    price: float
+    profit_and_loss: float | None = None
+    fees: float = 0.0
+
+
+@dataclass(frozen=True)
+class FillReport:
+    """What one fill check found that the previous one had not seen."""
+
+    # Orders whose filled size grew: complete fills and partial ones.
+    fills: tuple[OrderResult, ...] = ()
+    # Orders that ended without filling completely: cancelled, rejected, expired.
+    ended: tuple[OrderResult, ...] = ()
+    trades: tuple[Trade, ...] = ()
+
+    def summary(self) -> str:
+        partial = sum(1 for order in self.fills if order.partially_filled)
+        return (
+            f"{len(self.fills)} new fills ({partial} partial),"
+            f" {len(self.ended)} orders ended unfilled, {len(self.trades)} trades"
+        )
+
 
 @dataclass(frozen=True)
 class Position:
@@ -78,20 +148,47 @@ class Position:
 
 
 class Broker(Protocol):
-    """What the daemon needs from a broker; paper and ProjectX both provide it."""
+    """What the daemon needs from a broker; paper and ProjectX both provide it.
+
+    Business refusals (market closed, no funds, contract not active) raise
+    ``BrokerRefusal`` with the broker's reason and are never retried. Any other
+    exception is transient: the scheduler retries the task later, and the
+    task's fixed client id lets ``find_order`` see an order an earlier attempt
+    placed, so a task never places two.
+    """
 
     name: str
 
+    async def start(self) -> None:
+        """Connect, log in, check the account, read positions and open orders."""
+        ...
+
+    async def accounts(self) -> list[Account]: ...
+
+    async def resolve_contract(self, symbol: str) -> Contract: ...
+
     async def place_order(self, request: OrderRequest) -> OrderResult: ...
 
+    async def cancel_order(self, order_id: str) -> None: ...
+
     async def find_order(self, client_id: str) -> OrderResult | None: ...
+
+    async def open_orders(self) -> list[OrderResult]: ...
 
     async def positions(self) -> list[Position]: ...
 
     async def position(self, symbol: str) -> Position: ...
 
-    async def check_fills(self) -> int:
-        """Reconcile working orders; return how many filled since the last call."""
+    async def trades(self) -> list[Trade]:
+        """Recent executions, oldest first."""
+        ...
+
+    async def close_position(self, symbol: str) -> None:
+        """Flatten ``symbol`` at the market; a flat symbol is left alone."""
+        ...
+
+    async def check_fills(self) -> FillReport:
+        """Reconcile orders with the broker; report what changed since last time."""
         ...
 
     async def account_summary(self) -> dict[str, Any]: ...

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .auth import sender_headers
 from .config import ConfigError, Settings, load_settings
 
 EXIT_CONFIG = 2
@@ -74,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", help="daemon base URL (default: from configuration)")
     replay.set_defaults(handler=_replay)
 
+    sim = sub.add_parser(
+        "simulate-projectx",
+        help="run a local ProjectX Gateway simulator until SIGINT or SIGTERM",
+    )
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8090)
+    sim.add_argument("--username", default="sim-user", help="login user name")
+    sim.add_argument("--api-key", default="sim-api-key", help="login API key")
+    sim.set_defaults(handler=_simulate_projectx)
+
     check = sub.add_parser("check-config", help="print the effective configuration")
     check.set_defaults(handler=_check_config)
 
@@ -89,7 +100,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from .logs import register_secret, setup_logging
 
     setup_logging(settings.log_level)
-    register_secret(settings.project_x_api_key)
+    for secret in settings.secret_values():
+        register_secret(secret)
     try:
         daemon = Daemon(settings)
     except JournalError as exc:
@@ -97,12 +109,51 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         trio.run(daemon.run)
-    except BaseException as exc:
+    except BaseException as exc:  # the process boundary: report, never re-raise
         if isinstance(exc, KeyboardInterrupt):
             return 0
+        listen = _find_listen_error(exc)
+        if listen is not None:
+            print(f"trading-daemon: startup error: {listen}", file=sys.stderr)
+            return EXIT_CONFIG
+        refused = _find_broker_setup_error(exc)
+        if refused is not None:
+            # Bad credentials or an account that may not trade: a restart
+            # will not fix it, so it exits like a configuration error.
+            print(f"trading-daemon: broker error: {refused}", file=sys.stderr)
+            return EXIT_CONFIG
         logger.opt(exception=exc).bind(error=_reason(exc)).critical("daemon.crashed")
         return EXIT_CRASH
     return 0
+
+
+def _find_listen_error(exc: BaseException) -> BaseException | None:
+    """The ListenError inside ``exc``, looking through exception groups."""
+    from .server import ListenError
+
+    if isinstance(exc, ListenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_listen_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _find_broker_setup_error(exc: BaseException) -> BaseException | None:
+    """The first broker setup error (bad credentials, unusable account) in ``exc``."""
+    from .broker import BrokerSetupError
+    from .projectx_client import AuthenticationError
+
+    if isinstance(exc, BrokerSetupError | AuthenticationError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_broker_setup_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -136,15 +187,17 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
         }
         if args.alert_id:
             alert["id"] = args.alert_id
+        header_credential = settings.webhook_token or settings.webhook_signing_secrets
+        if settings.webhook_secret and not header_credential:
+            alert["passphrase"] = settings.webhook_secret
         body = json.dumps(alert)
 
     url = _base_url(settings, args.url) + "/webhook"
+    # text/plain, as TradingView sends alerts it cannot recognise as JSON.
+    headers = {"Content-Type": "text/plain", **sender_headers(settings, body.encode())}
     started = time.perf_counter()
     try:
-        # text/plain, as TradingView sends alerts it cannot recognise as JSON.
-        response = httpx.post(
-            url, content=body, headers={"Content-Type": "text/plain"}, timeout=10
-        )
+        response = httpx.post(url, content=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         print(f"trading-daemon send: cannot reach {url}: {exc}", file=sys.stderr)
         return EXIT_CRASH
@@ -229,8 +282,11 @@ def _request(
     import httpx
 
     full = _base_url(settings, url) + path
+    headers = {}
+    if settings.admin_token:
+        headers["Authorization"] = f"Bearer {settings.admin_token}"
     try:
-        response = httpx.request(method, full, timeout=10)
+        response = httpx.request(method, full, headers=headers, timeout=10)
         data: dict[str, Any] = response.json()
     except (httpx.HTTPError, ValueError) as exc:
         print(f"trading-daemon: cannot reach {full}: {exc}", file=sys.stderr)
@@ -242,6 +298,31 @@ def _request(
         )
         return None
     return data
+
+
+def _simulate_projectx(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    import trio
+
+    from .logs import setup_logging
+    from .projectx_simulator import SimulatorState, serve_until_signal
+
+    setup_logging(settings.log_level)
+    # The simulated clock starts now, so order searches by wall-clock time
+    # (the daemon looks back from its own clock) find what it places.
+    state = SimulatorState(
+        user_name=args.username, api_key=args.api_key, start=datetime.now(UTC)
+    )
+    try:
+        trio.run(serve_until_signal, args.host, args.port, state)
+    except OSError as exc:
+        print(
+            f"trading-daemon: cannot listen on {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return 0
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:

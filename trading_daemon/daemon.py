@@ -29,6 +29,7 @@ import trio
 from loguru import logger
 
 from . import __version__
+from .auth import WebhookAuth
 from .broker import Broker
 from .config import Settings
 from .dedup import Deduplicator
@@ -44,6 +45,7 @@ from .jobs import (
 )
 from .journal import UNFINISHED, Journal, RecoveryReport
 from .metrics import Metrics
+from .notify import Notifier
 from .paper_broker import PaperBroker
 from .priority import Priority
 from .scheduler import Scheduler, SchedulerConfig
@@ -52,6 +54,10 @@ from .webhook import Intake
 
 
 def make_broker(settings: Settings, journal: Journal) -> Broker:
+    if settings.broker == "projectx":
+        from .projectx_broker import ProjectXBroker
+
+        return ProjectXBroker.from_settings(settings)
     return PaperBroker(
         settings.paper_prices,
         default_price=settings.paper_default_price,
@@ -79,12 +85,14 @@ class Daemon:
                 retry_base_delay=settings.retry_base_delay,
                 retry_max_delay=settings.retry_max_delay,
                 retry_jitter=settings.retry_jitter,
+                critical_reserve=settings.critical_reserve,
+                aging_interval=settings.aging_interval,
                 timeouts={p: settings.timeout_for(p) for p in Priority},
             ),
             observer=self.metrics,
             on_change=self.journal.task_changed,
         )
-        self.metrics.watch(self.scheduler)
+        self.metrics.watch(self.scheduler, lambda: self.journal.dead_count)
         self.executor = Executor(self.broker, self.metrics)
         self.scheduler.register(EXECUTE_SIGNAL, self.executor.execute_signal)
         retention_s = settings.retention_days * 86400
@@ -92,7 +100,12 @@ class Daemon:
             window_s=settings.dedup_window, retention_s=retention_s
         )
         self.jobs = JobHandlers(
-            self.broker, self.scheduler, self.journal, self.dedup, retention_s
+            self.broker,
+            self.scheduler,
+            self.journal,
+            self.dedup,
+            retention_s,
+            metrics=self.metrics,
         )
         self.jobs.register()
         self.intake = Intake(
@@ -100,8 +113,10 @@ class Daemon:
             self.journal,
             self.dedup,
             max_body_bytes=settings.max_body_bytes,
+            auth=WebhookAuth.from_settings(settings),
         )
         self.recovery = RecoveryReport()
+        self.notifier = Notifier()
 
         self.started_wall = time.time()
         self.started_at = 0.0
@@ -122,10 +137,19 @@ class Daemon:
         if not self._stop_requested.is_set():
             logger.bind(reason=reason).info("daemon.stop_requested")
             self.stopping = True
+            self.notifier.stopping()
             self._stop_requested.set()
 
     async def wait_stop_requested(self) -> None:
         await self._stop_requested.wait()
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (shown by `systemctl status`)."""
+        q = self.scheduler.snapshot()
+        return (
+            f"{q['queue_size']} queued, {q['active_tasks']} running, "
+            f"{q['tasks_completed']} completed, {q['tasks_dead']} dead"
+        )
 
     def uptime(self) -> float:
         return time.time() - self.started_wall
@@ -207,6 +231,7 @@ class Daemon:
         except BaseException:
             self.scheduler.release()
             raise
+        self.journal.dead_count -= 1
         self.scheduler.submit(task, reserved=True)
         logger.bind(task_id=task_id).info("task.replayed")
         return task
@@ -223,11 +248,14 @@ class Daemon:
             journal_done = trio.Event()
             nursery.start_soon(self._run_journal, journal_done)
             self.recovery = self.recover()
+            # The broker is the truth: log in, check the account and read its
+            # positions and orders before any task or request can trade.
+            await self.broker.start()
             await nursery.start(self.scheduler.run)
-            jobs_scope = trio.CancelScope()
-            nursery.start_soon(self._run_jobs, jobs_scope)
             http_done = trio.Event()
             port: int = await nursery.start(serve_http, self, http_done)
+            jobs_scope = trio.CancelScope()
+            nursery.start_soon(self._run_jobs, jobs_scope)
             nursery.start_soon(self._listen_for_signals)
             logger.bind(
                 host=self.settings.webhook_host,
@@ -236,6 +264,8 @@ class Daemon:
                 workers=self.settings.workers,
                 max_concurrent=self.settings.max_concurrent,
             ).info("daemon.ready")
+            self.notifier.ready()
+            nursery.start_soon(self.notifier.run, self.status_line)
             task_status.started(port)
 
             await self._stop_requested.wait()
@@ -250,6 +280,7 @@ class Daemon:
             nursery.cancel_scope.cancel()
 
         await self.broker.aclose()
+        self.notifier.close()
         s = self.scheduler.stats
         logger.bind(completed=s.completed, cancelled=s.cancelled, dead=s.dead).info(
             "daemon.stopped"

@@ -8,11 +8,20 @@ from .metrics import Metrics
 from .tasks import PermanentTaskError, Task
 
 EXECUTE_SIGNAL = "execute_signal"
+# Marks the daemon's orders among the account's (ProjectX: their customTag).
+CLIENT_ID_PREFIX = "td-"
 
 
 def client_id_for(task: Task) -> str:
     """The order's client id: fixed by the task, so a rerun finds its order."""
-    return f"td-{task.id}"
+    return f"{CLIENT_ID_PREFIX}{task.id}"
+
+
+def task_id_for(client_id: str) -> str | None:
+    """The task that placed the order with ``client_id``; None if not the daemon."""
+    if not client_id.startswith(CLIENT_ID_PREFIX):
+        return None
+    return client_id.removeprefix(CLIENT_ID_PREFIX) or None
 
 
 class Executor:

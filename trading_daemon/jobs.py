@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
 
-from .broker import Broker
+from .broker import Broker, OrderResult
 from .dedup import Deduplicator
+from .execution import task_id_for
 from .journal import Journal
 from .priority import Priority
 from .scheduler import QueueFull, Scheduler, SchedulerClosed
 from .tasks import Task, TaskState
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 FILL_CHECK = "fill_check"
 RISK_UPDATE = "risk_update"
@@ -52,8 +56,14 @@ class JobHandlers:
         journal: Journal,
         dedup: Deduplicator,
         retention_s: float,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._broker = broker
+        self._metrics = metrics
+        # Orders the broker ended unfilled whose task is still running: its
+        # own finish would overwrite the mark, so it waits for the next check.
+        self._unmarked: list[OrderResult] = []
         self._scheduler = scheduler
         self._journal = journal
         self._dedup = dedup
@@ -62,8 +72,53 @@ class JobHandlers:
         self.last_snapshot: dict[str, Any] = {}
 
     async def fill_check(self, task: Task) -> str:
-        filled = await self._broker.check_fills()
-        return f"{filled} new fills"
+        report = await self._broker.check_fills()
+        if self._metrics is not None:
+            for trade in report.trades:
+                fills = self._metrics.fills.labels(self._broker.name, trade.symbol)
+                fills.inc(trade.size)
+        self._unmarked += [o for o in report.ended if task_id_for(o.client_id)]
+        marked = await self._mark_ended_orders()
+        return report.summary() + (f", {marked} tasks marked dead" if marked else "")
+
+    async def _mark_ended_orders(self) -> int:
+        """Make dead letters of tasks whose order the broker cancelled or rejected.
+
+        The task itself succeeded (the broker took the order), but the trade it
+        asked for did not happen: the operator must see that where failures
+        show, with the broker's verdict. A replay finds the same order by its
+        client id and places nothing.
+        """
+        waiting: list[OrderResult] = []
+        marked = 0
+        for order in self._unmarked:
+            task_id = task_id_for(order.client_id)
+            assert task_id is not None  # filtered in fill_check
+            task = next((t for t in self._scheduler.recent if t.id == task_id), None)
+            if task is None:
+                task = await self._journal.load_task(task_id)
+            if task is None or task.state in (TaskState.DEAD, TaskState.CANCELLED):
+                continue
+            if task.state is not TaskState.DONE:
+                waiting.append(order)
+                continue
+            task.state = TaskState.DEAD
+            task.last_error = (
+                f"order {order.order_id} was {order.status.value} by the broker"
+                f" after {order.filled_size} of {order.size} contracts filled"
+            )
+            task.finished_wall = time.time()
+            self._journal.task_changed(task)
+            marked += 1
+            logger.bind(
+                task_id=task.id,
+                order_id=order.order_id,
+                status=order.status.value,
+                filled=order.filled_size,
+                size=order.size,
+            ).error("task.order_ended_unfilled")
+        self._unmarked = waiting[-1000:]
+        return marked
 
     async def risk_update(self, task: Task) -> str:
         self.account = await self._broker.account_summary()

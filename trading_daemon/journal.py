@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     result TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    finished REAL
+    finished REAL,
+    lane TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, created);
 CREATE TABLE IF NOT EXISTS dedup (
@@ -108,6 +109,10 @@ class Journal:
         self._limiter = trio.CapacityLimiter(1)
         self.commits = 0
         self.ops_written = 0
+        # Kept as a number so a metrics scrape never touches the database.
+        self.dead_count: int = self._conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.DEAD.value,)
+        ).fetchone()[0]
 
     # -- running -----------------------------------------------------------
 
@@ -211,6 +216,8 @@ class Journal:
         """Scheduler hook: persist a state change (shutdown cancellations excepted)."""
         if task.state is TaskState.CANCELLED:
             return
+        if task.state is TaskState.DEAD:
+            self.dead_count += 1
         row = _task_row(task)
         self.write_later(lambda conn: conn.execute(_UPSERT_TASK, row))
 
@@ -256,6 +263,12 @@ class Journal:
 
         def op(conn: sqlite3.Connection) -> int:
             placeholders = ",".join("?" for _ in FINISHED)
+            dead = conn.execute(
+                "SELECT COUNT(*) FROM tasks WHERE state = ?"
+                " AND COALESCE(finished, updated) < ?",
+                (TaskState.DEAD.value, cutoff),
+            ).fetchone()[0]
+            self.dead_count -= dead
             deleted = conn.execute(
                 f"DELETE FROM tasks WHERE state IN ({placeholders})"
                 " AND COALESCE(finished, updated) < ?",
@@ -319,11 +332,11 @@ class Journal:
 
 _COLUMNS = (
     "id, kind, priority, payload, state, attempts, not_before, last_error, result,"
-    " created, updated, finished"
+    " created, updated, finished, lane"
 )
-_INSERT_TASK = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_TASK = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPSERT_TASK = (
-    f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT(id) DO UPDATE SET state=excluded.state,"
     " attempts=excluded.attempts, not_before=excluded.not_before,"
     " last_error=excluded.last_error, result=excluded.result,"
@@ -349,6 +362,7 @@ def _task_row(task: Task) -> tuple[Any, ...]:
         task.created_wall,
         time.time(),
         task.finished_wall,
+        task.lane,
     )
 
 
@@ -364,8 +378,16 @@ def _task_from_row(row: sqlite3.Row) -> Task:
         finished_wall=row["finished"],
         last_error=row["last_error"],
         result=row["result"],
+        lane=row["lane"],
         durable=True,
     )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a journal written by an earlier version up to this schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "lane" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN lane TEXT")
 
 
 def _open(state_dir: Path, path: Path) -> sqlite3.Connection:
@@ -391,6 +413,7 @@ def _open(state_dir: Path, path: Path) -> sqlite3.Connection:
         # FULL syncs the WAL on every commit: a 202 survives power loss.
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(_SCHEMA)
+        _migrate(conn)
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"integrity check: {check}")

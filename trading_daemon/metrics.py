@@ -7,7 +7,7 @@ observations, are recorded as they happen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -99,9 +99,9 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, scheduler: Scheduler) -> None:
+    def watch(self, scheduler: Scheduler, dead_letters: Callable[[], int]) -> None:
         """Expose the scheduler's counters and gauges at scrape time."""
-        self.registry.register(_SchedulerCollector(scheduler))
+        self.registry.register(_SchedulerCollector(scheduler, dead_letters))
 
     # SchedulerObserver
     def task_waited(self, priority: Priority, seconds: float) -> None:
@@ -116,8 +116,9 @@ class Metrics:
 
 
 class _SchedulerCollector(Collector):
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, dead_letters: Callable[[], int]) -> None:
         self._scheduler = scheduler
+        self._dead_letters = dead_letters
 
     def collect(self) -> Iterator[Metric]:
         s = self._scheduler
@@ -160,7 +161,12 @@ class _SchedulerCollector(Collector):
             value=s.config.max_concurrent,
         )
         yield GaugeMetricFamily(
+            f"{PREFIX}_max_queue",
+            "Most alert tasks allowed to wait; beyond it the webhook answers 503.",
+            value=s.config.max_queue,
+        )
+        yield GaugeMetricFamily(
             f"{PREFIX}_dead_letters",
-            "Tasks given up on and kept for inspection.",
-            value=len(s.dead_letters),
+            "Tasks given up on and kept in the journal for inspection or replay.",
+            value=self._dead_letters(),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,18 @@ from typing import TYPE_CHECKING, Any
 import trio
 from loguru import logger
 
-from .broker import OrderRequest, OrderResult, OrderStatus, Position, Side
+from .broker import (
+    Account,
+    BrokerRefusal,
+    Contract,
+    FillReport,
+    OrderRequest,
+    OrderResult,
+    OrderStatus,
+    Position,
+    Side,
+    Trade,
+)
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -185,9 +197,59 @@ class PaperBroker:
         book = self._books.get(symbol, _Book())
         return Position(symbol, book.size, book.average_price, book.realized_pnl)
 
-    async def check_fills(self) -> int:
+    async def check_fills(self) -> FillReport:
         # Market orders fill as they are placed; nothing is ever left working.
-        return 0
+        return FillReport()
+
+    async def start(self) -> None:
+        logger.bind(
+            broker=self.name, orders=len(self._orders), positions=len(self._books)
+        ).info("broker.started")
+
+    async def accounts(self) -> list[Account]:
+        summary = await self.account_summary()
+        return [Account("paper", "paper", summary["balance"], can_trade=True)]
+
+    async def resolve_contract(self, symbol: str) -> Contract:
+        symbol = symbol.upper()
+        # Paper prices are whole points: one "tick" is one point here.
+        return Contract(
+            id=f"PAPER.{symbol}",
+            symbol=symbol,
+            name=symbol,
+            tick_size=1.0,
+            tick_value=POINT_VALUE.get(symbol, 1.0),
+        )
+
+    async def cancel_order(self, order_id: str) -> None:
+        # Every paper order is filled the moment it is placed.
+        raise BrokerRefusal(f"order {order_id} is not open; paper orders fill at once")
+
+    async def open_orders(self) -> list[OrderResult]:
+        return []
+
+    async def trades(self) -> list[Trade]:
+        return [
+            Trade(
+                id=fill.order_id,
+                order_id=fill.order_id,
+                symbol=fill.symbol,
+                side=fill.side,
+                size=fill.filled_size,
+                price=fill.fill_price or 0.0,
+            )
+            for fill in self.fills
+        ]
+
+    async def close_position(self, symbol: str) -> None:
+        position = await self.position(symbol)
+        if position.size == 0:
+            return
+        side = Side.SELL if position.size > 0 else Side.BUY
+        client_id = f"close-{uuid.uuid4().hex[:16]}"
+        await self.place_order(
+            OrderRequest(position.symbol, side, abs(position.size), client_id)
+        )
 
     async def account_summary(self) -> dict[str, Any]:
         realized = sum(book.realized_pnl for book in self._books.values())

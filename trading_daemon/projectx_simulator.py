@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ __all__ = [
     "SimulatorState",
     "create_simulator_app",
     "serve_simulator",
+    "serve_until_signal",
 ]
 
 Json = dict[str, Any]
@@ -186,6 +188,24 @@ async def serve_simulator(
         bound_port = int(binds[0].rsplit(":", 1)[1])
         logger.bind(host=host, port=bound_port).info("projectx_simulator.listening")
         task_status.started(bound_port)
+
+
+async def serve_until_signal(host: str, port: int, state: SimulatorState) -> None:
+    """Serve until SIGINT or SIGTERM (``trading-daemon simulate-projectx``)."""
+    stop = trio.Event()
+    # Listening before serving: a signal that arrives early still stops cleanly
+    # instead of killing the process without its finally blocks.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(serve_simulator, host, port, state, shutdown_trigger=stop.wait)
+            )
+            async for signum in signals:
+                logger.bind(signal=signal.Signals(signum).name).info(
+                    "projectx_simulator.stopping"
+                )
+                stop.set()
+                break
 
 
 # -- the gateway front: counting, faults, auth, rate limit ------------------

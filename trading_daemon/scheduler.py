@@ -5,18 +5,31 @@ puts the task on a bounded memory channel with ``send_nowait``, so a full queue 
 an immediate refusal the caller can turn into a 503. One intake task moves
 whatever the channel holds into the heaps in one batch per wake-up.
 
-Two heaps keep the order right. The ready heap is ordered by (priority,
-not-before time, sequence); the delayed heap holds tasks waiting out a retry
-backoff, ordered by their not-before time. A task waiting for its retry never
-blocks a ready task of lower priority, which a single heap keyed on priority
-first would do.
+Ready tasks wait in one heap per priority, each ordered by (not-before time,
+sequence); together they give the order (priority, not-before, sequence). A
+delayed heap holds tasks waiting out a retry backoff, ordered by their
+not-before time, so a task waiting for its retry never blocks a ready task of
+lower priority, which a single heap keyed on priority first would do.
 
 ``workers`` dispatch loops each take a slot from a capacity limiter of
-``max_concurrent`` before they pop the best ready task, so the choice of what
-runs next is made when a slot is free, not earlier; a CRITICAL task that arrives
-while every slot is busy is the next one started. Each task runs inside
-``move_on_after`` with its priority's timeout. A failure puts the task back on
-the delayed heap and frees the slot at once, so backoff never holds a worker.
+``max_concurrent`` before they pick the best ready task, so the choice of what
+runs next is made when a slot is free, not earlier. Two rules refine "best":
+
+* ``critical_reserve`` slots are kept for CRITICAL work: other priorities may
+  fill at most ``max_concurrent - critical_reserve`` slots, so a fill check or
+  a flatten never waits for a slot behind lower-priority work.
+* Aging: below CRITICAL, a task that has waited ``aging_interval`` seconds is
+  ranked one priority higher for each such interval (never above HIGH), so a
+  steady stream of NORMAL alerts cannot starve LOW and BACKGROUND work forever.
+
+A task may name a lane (an account and contract): tasks of one lane run
+strictly one at a time in arrival order, a later one parked until the one
+before it is done or dead, retries included. Different lanes run in parallel.
+A close and a reversal for one contract therefore never overlap or reorder.
+
+Each task runs inside ``move_on_after`` with its priority's timeout. A failure
+puts the task back on the delayed heap and frees the slot at once, so backoff
+never holds a worker.
 """
 
 from __future__ import annotations
@@ -65,6 +78,8 @@ class SchedulerConfig:
     retry_base_delay: float = 2.0
     retry_max_delay: float = 60.0
     retry_jitter: float = 0.5
+    critical_reserve: int = 2
+    aging_interval: float = 30.0
     timeouts: Mapping[Priority, float | None] = field(
         default_factory=lambda: {
             Priority.CRITICAL: 30.0,
@@ -152,12 +167,20 @@ class Scheduler:
         self._send, self._receive = trio.open_memory_channel[Task](
             config.max_queue + _INTERNAL_HEADROOM
         )
-        self._ready: list[tuple[int, float, int, Task]] = []
+        self._ready: dict[Priority, list[tuple[float, int, Task]]] = {
+            p: [] for p in Priority
+        }
         self._delayed: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self._changed = trio.Event()
         self._limiter = trio.CapacityLimiter(config.max_concurrent)
         self._running: set[Task] = set()
+        self._running_noncritical = 0
+        # lane -> the task holding it (ready, running or in retry backoff), and
+        # the later tasks of that lane parked in arrival order.
+        self._lane_holder: dict[str, Task] = {}
+        self._parked: dict[str, deque[Task]] = {}
+        self._noncritical_cap = max(1, config.max_concurrent - config.critical_reserve)
         self._waiting_new = 0
         self._closed = False
         self._stop_dispatch = trio.Event()
@@ -233,13 +256,9 @@ class Scheduler:
         task.submitted_at = now
         task.not_before = now + max(0.0, delay)
         task.holds_queue_slot = False
-        if delay > 0:
-            task.state = TaskState.RETRY_WAIT
-            self._push_delayed(task)
-        else:
-            task.state = TaskState.QUEUED
-            self._push_ready(task)
-            self._notify()
+        task.state = TaskState.RETRY_WAIT if delay > 0 else TaskState.QUEUED
+        self._admit(task)
+        self._notify()
         self.stats.recovered += 1
         logger.bind(
             task_id=task.id,
@@ -255,7 +274,9 @@ class Scheduler:
     def queue_size(self) -> int:
         """Tasks waiting to start: new ones and those waiting for a retry."""
         pending = self._receive.statistics().current_buffer_used
-        return pending + len(self._ready) + len(self._delayed)
+        ready = sum(len(queue) for queue in self._ready.values())
+        parked = sum(len(queue) for queue in self._parked.values())
+        return pending + ready + parked + len(self._delayed)
 
     @property
     def active(self) -> int:
@@ -263,8 +284,11 @@ class Scheduler:
 
     def queued_by_priority(self) -> dict[Priority, int]:
         counts = dict.fromkeys(Priority, 0)
-        for *_, task in self._ready:
-            counts[task.priority] += 1
+        for priority, queue in self._ready.items():
+            counts[priority] += len(queue)
+        for lane in self._parked.values():
+            for task in lane:
+                counts[task.priority] += 1
         for *_, task in self._delayed:
             counts[task.priority] += 1
         return counts
@@ -335,18 +359,31 @@ class Scheduler:
         )
 
     def _cancel_waiting(self) -> None:
-        leftovers: list[Task] = [entry[-1] for entry in self._ready]
+        leftovers: list[Task] = [
+            entry[-1] for queue in self._ready.values() for entry in queue
+        ]
         leftovers += [entry[-1] for entry in self._delayed]
+        leftovers += [task for lane in self._parked.values() for task in lane]
+        self._parked.clear()
+        self._lane_holder.clear()
         while True:
             try:
                 leftovers.append(self._receive.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-        self._ready.clear()
+        for queue in self._ready.values():
+            queue.clear()
         self._delayed.clear()
         for task in leftovers:
             self._finish(task, TaskState.CANCELLED, "daemon stopped before it ran")
             self.stats.cancelled += 1
+            # Durable tasks stay unfinished in the journal and run after restart.
+            logger.bind(
+                task_id=task.id,
+                priority=task.priority.label,
+                kind=task.kind,
+                recovers_at_restart=task.durable,
+            ).warning("task.cancelled_waiting")
         logger.bind(cancelled_waiting=len(leftovers)).info("scheduler.stopped")
 
     async def _intake(self) -> None:
@@ -360,12 +397,43 @@ class Scheduler:
                 except trio.WouldBlock:
                     break
             for task in batch:
-                self._push_ready(task)
+                self._admit(task)
             self._notify()
 
+    def _admit(self, task: Task) -> None:
+        """Queue a new or recovered task, parking it behind its lane if busy."""
+        if task.lane is not None:
+            if task.lane in self._lane_holder:
+                self._parked.setdefault(task.lane, deque()).append(task)
+                return
+            self._lane_holder[task.lane] = task
+        self._enter(task)
+
+    def _enter(self, task: Task) -> None:
+        if task.not_before > trio.current_time():
+            heapq.heappush(self._delayed, (task.not_before, next(self._seq), task))
+        else:
+            self._push_ready(task)
+
+    def _release_lane(self, task: Task) -> None:
+        """After ``task`` ended for good, let the next task of its lane in."""
+        lane = task.lane
+        if lane is None or self._lane_holder.get(lane) is not task:
+            return
+        parked = self._parked.get(lane)
+        if parked:
+            successor = parked.popleft()
+            if not parked:
+                del self._parked[lane]
+            self._lane_holder[lane] = successor
+            self._enter(successor)
+            self._notify()
+        else:
+            del self._lane_holder[lane]
+
     def _push_ready(self, task: Task) -> None:
-        entry = (int(task.priority), task.not_before, next(self._seq), task)
-        heapq.heappush(self._ready, entry)
+        entry = (task.not_before, next(self._seq), task)
+        heapq.heappush(self._ready[task.priority], entry)
 
     def _push_delayed(self, task: Task) -> None:
         heapq.heappush(self._delayed, (task.not_before, next(self._seq), task))
@@ -385,6 +453,8 @@ class Scheduler:
                 self._limiter.release_on_behalf_of(token)
                 raise
             self._running.add(task)
+            if task.priority is not Priority.CRITICAL:
+                self._running_noncritical += 1
             runners.start_soon(self._execute, task, token)
 
     async def _next_ready(self) -> Task:
@@ -393,14 +463,40 @@ class Scheduler:
             while self._delayed and self._delayed[0][0] <= now:
                 *_, task = heapq.heappop(self._delayed)
                 self._push_ready(task)
-            if self._ready:
-                *_, task = heapq.heappop(self._ready)
-                return task
+            picked = self._pick(now)
+            if picked is not None:
+                return picked
 
             wake_at = self._delayed[0][0] if self._delayed else math.inf
             changed = self._changed
             with trio.move_on_at(wake_at):
                 await changed.wait()
+
+    def _pick(self, now: float) -> Task | None:
+        """Pop the task to start next, or None if nothing may start now."""
+        critical = self._ready[Priority.CRITICAL]
+        if critical:
+            return heapq.heappop(critical)[-1]
+        if self._running_noncritical >= self._noncritical_cap:
+            return None
+
+        best: tuple[float, float, int] | None = None
+        best_priority: Priority | None = None
+        aging = self.config.aging_interval
+        for priority, queue in self._ready.items():
+            if not queue or priority is Priority.CRITICAL:
+                continue
+            not_before, seq, _ = queue[0]
+            rank = float(priority)
+            if aging > 0:
+                promoted = (now - not_before) // aging
+                rank = max(float(Priority.HIGH), rank - promoted)
+            key = (rank, not_before, seq)
+            if best is None or key < best:
+                best, best_priority = key, priority
+        if best_priority is None:
+            return None
+        return heapq.heappop(self._ready[best_priority])[-1]
 
     async def _execute(self, task: Task, token: object) -> None:
         now = trio.current_time()
@@ -459,6 +555,10 @@ class Scheduler:
             if task.state is TaskState.DEAD:
                 outcome = "dead"
             self._running.discard(task)
+            if task.priority is not Priority.CRITICAL:
+                self._running_noncritical -= 1
+                # A non-critical slot came free: a waiting dispatcher may start one.
+                self._notify()
             self._limiter.release_on_behalf_of(token)
             self._record_run(task.priority, trio.current_time() - started, outcome)
 
@@ -495,6 +595,7 @@ class Scheduler:
         task.finished_wall = time.time()
         self.recent.append(task)
         self._changed_hook(task)
+        self._release_lane(task)
 
     def _changed_hook(self, task: Task) -> None:
         if self._on_change is not None and task.durable:

@@ -47,13 +47,22 @@ class Task:
     finished_wall: float | None = None
     last_error: str | None = None
     result: str | None = None
+    # Tasks sharing a lane (e.g. "1001:MNQ", account and contract) run one at a
+    # time in arrival order; None means no ordering constraint.
+    lane: str | None = None
     # Durable tasks (alerts) live in the journal; periodic jobs are recreated.
     durable: bool = False
     # Set while the task counts against the scheduler's max_queue.
     holds_queue_slot: bool = False
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready view for /status."""
+        """A JSON-ready view for /status; an alert's task shows what it asked."""
+        signal = self.payload.get("signal")
+        alert = (
+            {k: signal.get(k) for k in ("action", "symbol", "quantity", "alert_id")}
+            if isinstance(signal, dict)
+            else None
+        )
         return {
             "id": self.id,
             "kind": self.kind,
@@ -64,6 +73,7 @@ class Task:
             "finished": self.finished_wall,
             "result": self.result,
             "last_error": self.last_error,
+            "alert": alert,
         }
 
 

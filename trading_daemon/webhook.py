@@ -1,19 +1,24 @@
-"""Webhook intake: validate an alert, queue its task, answer at once.
+"""Webhook intake: authenticate and validate an alert, queue its task, answer at once.
 
 TradingView cancels a request after 3 s and resends on a 5xx, so this path does
-no slow work and never answers 5xx for bad input: it parses, validates, submits
-with ``send_nowait`` and returns. It knows nothing of HTTP frameworks, so the
-same function can sit behind quart-trio or a bare ASGI route.
+no slow work and never answers 5xx for bad input: it parses, authenticates,
+validates, submits with ``send_nowait`` and returns. The body is parsed before
+the credential check only because TradingView's passphrase lives inside it; the
+passphrase is removed from the alert before it is hashed, journaled or logged.
+It knows nothing of HTTP frameworks, so the same function can sit behind
+quart-trio or a bare ASGI route.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from loguru import logger
 
 from .alerts import AlertError, parse_body, parse_signal
+from .auth import AuthError, WebhookAuth, take_passphrases
 from .dedup import Deduplicator
 from .execution import EXECUTE_SIGNAL
 from .journal import Journal, JournalError
@@ -43,11 +48,13 @@ class Intake:
         dedup: Deduplicator,
         *,
         max_body_bytes: int,
+        auth: WebhookAuth | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._journal = journal
         self._dedup = dedup
         self.max_body_bytes = max_body_bytes
+        self.auth = auth or WebhookAuth()
 
     def too_large(self, size: int | None = None) -> Reply:
         shown = f"{size} bytes" if size is not None else "the body"
@@ -56,16 +63,39 @@ class Intake:
             {"error": f"{shown} exceeds the {self.max_body_bytes} byte limit"},
         )
 
-    async def accept(self, body: bytes, *, webhook_id: str | None = None) -> Reply:
-        """Validate, deduplicate, journal and queue one alert; say how it went."""
+    async def accept(
+        self,
+        body: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        webhook_id: str | None = None,
+    ) -> Reply:
+        """Authenticate, validate, deduplicate, journal and queue one alert.
+
+        ``headers`` holds the request's credential headers under lower-case
+        names (``authorization``, ``webhook-id``, ``webhook-timestamp``,
+        ``webhook-signature``).
+        """
+        headers = headers or {}
+        webhook_id = webhook_id or headers.get("webhook-id")
         if len(body) > self.max_body_bytes:
             return self.too_large(len(body))
+
         try:
             data = parse_body(body)
+        except AlertError as exc:
+            # Unreadable, so it carries no passphrase: refused as
+            # unauthenticated unless a header credential admits it.
+            refusal = self._authenticate(body, headers, [], unreadable=exc)
+            return self._invalid(exc) if refusal is None else refusal
+        presented = take_passphrases(data)
+        refusal = self._authenticate(body, headers, presented)
+        if refusal is not None:
+            return refusal
+        try:
             signal = parse_signal(data)
         except AlertError as exc:
-            logger.bind(error=str(exc), field=exc.field).warning("alert.rejected")
-            return Reply(400, exc.as_json())
+            return self._invalid(exc)
 
         key = self._dedup.key_for(data, signal.alert_id, webhook_id)
         first = self._dedup.first(key)
@@ -121,6 +151,32 @@ class Intake:
         ).info("alert.accepted")
 
         return Reply(202, {"id": task.id, "status": "queued"})
+
+    def _authenticate(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        presented: list[Any],
+        *,
+        unreadable: AlertError | None = None,
+    ) -> Reply | None:
+        """None if the request may pass; otherwise the 401 answer (logged)."""
+        try:
+            self.auth.check(body, headers, presented)
+        except AuthError as exc:
+            fields = {"reason": str(exc)}
+            if unreadable is not None:
+                fields["body_error"] = str(unreadable)
+            logger.bind(**fields).warning("auth.rejected")
+            return Reply(exc.status, exc.as_json(), exc.headers)
+        return None
+
+    def _invalid(self, exc: AlertError) -> Reply:
+        # An error may quote a field's value; a sender that put a secret in
+        # the wrong field must not see it echoed, in the answer or the log.
+        error = self.auth.redact(str(exc))
+        logger.bind(error=error, field=exc.field).warning("alert.rejected")
+        return Reply(400, {**exc.as_json(), "error": error})
 
 
 def _busy(message: str) -> Reply:
