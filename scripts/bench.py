@@ -5,16 +5,35 @@ folder, durable journal on) pinned to one core, with the load generator pinned
 to the other, and sends a bounded amount of traffic.
 
 Scenarios (pick with --only, comma-separated):
-  ack16   POST /webhook closed loop at 16 connections with wrk: ack latency
-          p50/p99 with durability on (issue #3's figure)
+  ack16       POST /webhook closed loop at 16 connections (wrk): ack latency
+              p50/p99 with durability on (issue #3's figure)
+  saturation  POST /webhook at 1 and 64 connections (wrk) against the daemon
+              and against the floor (scripts/bench_floor.py: a bare ASGI
+              callable on the same hypercorn-trio stack doing the same
+              validation and enqueue); goal: daemon/floor >= 0.9 at 64
+  openloop    200 alerts/s for 10 s on keep-alive connections, latency counted
+              from each alert's scheduled send time; goal: p99 <= 10 ms
+  burst       1,000 clients open new connections at once and send one alert
+              each; goal: all acknowledged within 3 s
+  priority    submit-to-start time of a CRITICAL task while every other slot
+              runs LOW work and 1,000 LOW tasks wait (200 samples, the real
+              scheduler in this process); goal: p99 <= 10 ms
+  e2e         alert to order acknowledged by the ProjectX simulator
+              (scripts/bench_projectx, 200 alerts at 20/s): p50, p99
+  memory      daemon RSS idle and with 10,000 tasks queued; goal: idle <= 60
+              MiB and at most 40 MiB more with the queue
 
-Usage: scripts/bench [--only ack16] [--json FILE] [--duration S]
+The daemon runs as in production: paper broker, durable journal, INFO logs
+(to a file), orders executed as alerts arrive.
+
+Usage: scripts/bench [--only a,b] [--json FILE] [--duration S]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -196,8 +215,346 @@ def scenario_ack16(work: Path, duration: float) -> Result:
     )
 
 
+class FloorProcess:
+    """scripts/bench_floor.py as a subprocess pinned to SERVER_CPU."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        command = [sys.executable, str(ROOT / "scripts/bench_floor.py"), str(self.port)]
+        if shutil.which("taskset"):
+            command = ["taskset", "-c", SERVER_CPU, *command]
+        self._log = (work / "floor.log").open("w")
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("floor server not ready")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def scenario_saturation(work: Path, duration: float) -> Result:
+    figures: dict[str, Any] = {}
+    for name, start in (("floor", FloorProcess), ("daemon", _bench_daemon)):
+        server = start(work)
+        try:
+            for connections in (1, 64):
+                wrk = run_wrk(server.url, connections, duration, work)
+                figures[f"{name}_c{connections}_rps"] = round(wrk["rps"])
+                figures[f"{name}_c{connections}_p99_ms"] = wrk["p99_us"] / 1000
+                if wrk["non2xx"] or wrk["errors"]:
+                    figures[f"{name}_c{connections}_failed"] = (
+                        wrk["non2xx"] + wrk["errors"]
+                    )
+        finally:
+            server.stop()
+    for connections in (1, 64):
+        ratio = (
+            figures[f"daemon_c{connections}_rps"] / figures[f"floor_c{connections}_rps"]
+        )
+        figures[f"ratio_c{connections}"] = round(ratio, 3)
+    return Result(
+        "saturation",
+        figures,
+        goal="daemon/floor >= 0.9 at 64 connections",
+        met=figures["ratio_c64"] >= 0.9,
+    )
+
+
+def _bench_daemon(work: Path, **env: str) -> DaemonProcess:
+    return DaemonProcess(work, TRADING_MAX_QUEUE="1000000", **env)
+
+
+def _alert(index: int, tag: str) -> bytes:
+    return json.dumps(
+        {"action": "buy", "symbol": "MNQ1!", "quantity": "1", "id": f"{tag}-{index}"}
+    ).encode()
+
+
+def scenario_openloop(work: Path, duration: float) -> Result:
+    import httpx
+    import trio
+
+    rate, seconds = 200, 10.0
+    daemon = _bench_daemon(work)
+    latencies: list[float] = []
+    failures = 0
+
+    async def run() -> None:
+        nonlocal failures
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(
+            base_url=daemon.url, limits=limits, timeout=10
+        ) as client:
+            # Warm the pool so connection set-up is not in the figures.
+            for _ in range(8):
+                await client.get("/health")
+            start = trio.current_time() + 0.1
+
+            async def one(index: int) -> None:
+                nonlocal failures
+                due = start + index / rate
+                await trio.sleep_until(due)
+                response = await client.post(
+                    "/webhook", content=_alert(index, f"ol{start}")
+                )
+                # From the scheduled time, so a stalled server is not hidden
+                # by the client sending late (coordinated omission).
+                latencies.append(trio.current_time() - due)
+                if response.status_code != 202:
+                    failures += 1
+
+            async with trio.open_nursery() as nursery:
+                for index in range(int(rate * seconds)):
+                    nursery.start_soon(one, index)
+
+    try:
+        trio.run(run)
+    finally:
+        daemon.stop()
+    p50, p99, top = _percentiles(latencies)
+    return Result(
+        "openloop",
+        {
+            "rate": rate,
+            "sent": len(latencies),
+            "failed": failures,
+            "p50_ms": p50 * 1000,
+            "p99_ms": p99 * 1000,
+            "max_ms": top * 1000,
+        },
+        goal="p99 <= 10 ms at 200 alerts/s",
+        met=failures == 0 and p99 <= 0.010,
+    )
+
+
+def _percentiles(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return (math.nan, math.nan, math.nan)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return at(0.5), at(0.99), ordered[-1]
+
+
+def scenario_burst(work: Path, duration: float) -> Result:
+    import trio
+
+    clients = 1000
+    daemon = _bench_daemon(work, WEBHOOK_BACKLOG="4096")
+    times: list[float] = []
+    statuses: list[int] = []
+
+    async def one(index: int, start: float) -> None:
+        body = _alert(index, f"burst{start}")
+        head = (
+            f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n"
+        ).encode()
+        try:
+            with trio.fail_after(10):
+                stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+                async with stream:
+                    await stream.send_all(head + body)
+                    data = b""
+                    while b"\r\n" not in data:
+                        chunk = await stream.receive_some(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+            statuses.append(int(data.split(b" ", 2)[1]))
+        except (OSError, trio.TooSlowError, ValueError, IndexError):
+            statuses.append(0)
+        times.append(trio.current_time() - start)
+
+    async def run() -> None:
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for index in range(clients):
+                nursery.start_soon(one, index, start)
+
+    try:
+        trio.run(run)
+    finally:
+        daemon.stop()
+    acked_in_time = sum(
+        1 for t, s in zip(times, statuses, strict=True) if s == 202 and t <= 3.0
+    )
+    p50, p99, top = _percentiles(times)
+    share = acked_in_time / clients
+    return Result(
+        "burst",
+        {
+            "clients": clients,
+            "acked_within_3s": acked_in_time,
+            "share": round(share, 4),
+            "p50_ms": p50 * 1000,
+            "p99_ms": p99 * 1000,
+            "max_ms": top * 1000,
+        },
+        goal="100% acknowledged within 3 s",
+        met=share == 1.0,
+    )
+
+
+def scenario_priority(work: Path, duration: float) -> Result:
+    import trio
+
+    sys.path.insert(0, str(ROOT))
+    from trading_daemon.priority import Priority
+    from trading_daemon.scheduler import Scheduler, SchedulerConfig
+    from trading_daemon.tasks import Task
+
+    waits: list[float] = []
+
+    async def run() -> None:
+        scheduler = Scheduler(SchedulerConfig(max_queue=5000))
+        release = trio.Event()
+        started = trio.Event()
+
+        async def low(task: Task) -> str:
+            await release.wait()
+            return "ok"
+
+        async def critical(task: Task) -> str:
+            waits.append(trio.current_time() - task.submitted_at)
+            started.set()
+            return "ok"
+
+        scheduler.register("low", low)
+        scheduler.register("critical", critical)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.run)
+            for _ in range(scheduler.config.max_concurrent + 1000):
+                scheduler.submit(Task("low", Priority.LOW))
+            await trio.sleep(0.2)
+            for _ in range(200):
+                started = trio.Event()
+                scheduler.submit(Task("critical", Priority.CRITICAL), internal=True)
+                await started.wait()
+                await trio.sleep(0.001)
+            release.set()
+            await scheduler.shutdown(0)
+
+    from trading_daemon.logs import setup_logging
+
+    setup_logging("WARNING", sink=open(os.devnull, "w"))  # noqa: SIM115
+    trio.run(run)
+    p50, p99, top = _percentiles(waits)
+    return Result(
+        "priority",
+        {
+            "samples": len(waits),
+            "p50_ms": p50 * 1000,
+            "p99_ms": p99 * 1000,
+            "max_ms": top * 1000,
+        },
+        goal="CRITICAL start p99 <= 10 ms under a LOW flood",
+        met=p99 <= 0.010,
+    )
+
+
+def scenario_e2e(work: Path, duration: float) -> Result:
+    command = [
+        sys.executable,
+        str(ROOT / "scripts/bench_projectx"),
+        "--count",
+        "200",
+        "--rate",
+        "20",
+        "--json",
+        str(work / "e2e.json"),
+    ]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    data = json.loads((work / "e2e.json").read_text())
+    return Result(
+        "e2e",
+        {k: data[k] for k in ("alerts", "p50_ms", "p99_ms", "max_ms") if k in data},
+        goal="figure only",
+    )
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def scenario_memory(work: Path, duration: float) -> Result:
+    import httpx
+    import trio
+
+    queued = 10_000
+    daemon = _bench_daemon(
+        work,
+        TRADING_MAX_CONCURRENT="1",
+        TRADING_WORKERS="1",
+        TRADING_PAPER_FILL_DELAY="3600",
+        TRADING_CRITICAL_RESERVE="0",
+        TRADING_DRAIN_TIMEOUT="0",
+    )
+    try:
+        time.sleep(1.0)
+        idle = rss_mib(daemon.proc.pid)
+
+        async def fill() -> None:
+            limits = httpx.Limits(max_connections=16)
+            async with httpx.AsyncClient(
+                base_url=daemon.url, limits=limits, timeout=30
+            ) as client:
+                sem = trio.Semaphore(16)
+
+                async def one(index: int) -> None:
+                    async with sem:
+                        answer = await client.post(
+                            "/webhook", content=_alert(index, "m")
+                        )
+                        assert answer.status_code == 202, answer.text
+
+                async with trio.open_nursery() as nursery:
+                    for index in range(queued):
+                        nursery.start_soon(one, index)
+
+        trio.run(fill)
+        time.sleep(1.0)
+        loaded = rss_mib(daemon.proc.pid)
+    finally:
+        daemon.stop()
+    extra = loaded - idle
+    return Result(
+        "memory",
+        {"idle_mib": idle, "queued": queued, "loaded_mib": loaded, "extra_mib": extra},
+        goal="idle <= 60 MiB, +<= 40 MiB with 10,000 queued",
+        met=idle <= 60 and extra <= 40,
+    )
+
+
 SCENARIOS: dict[str, Callable[[Path, float], Result]] = {
     "ack16": scenario_ack16,
+    "saturation": scenario_saturation,
+    "openloop": scenario_openloop,
+    "burst": scenario_burst,
+    "priority": scenario_priority,
+    "e2e": scenario_e2e,
+    "memory": scenario_memory,
 }
 
 

@@ -28,6 +28,9 @@ the daemon does not use.
 
 from __future__ import annotations
 
+import errno
+import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -132,33 +135,46 @@ class GuardedStream(trio.abc.HalfCloseableStream):
 
 
 class CappedListener(trio.abc.Listener[GuardedStream]):
-    """Accepts only while fewer than ``max_connections`` connections are open."""
+    """Accepts only while fewer than ``max_connections`` connections are open.
+
+    ``trio.SocketListener`` takes one connection per scheduler pass; under load
+    a pass is long, and a burst of new connections then waits seconds in the
+    kernel queue (PITFALLS.md measured about 30 a second). This listener takes
+    every connection the kernel has ready in one pass and hands them out
+    without yielding, so ``trio.serve_listeners`` starts all their handlers
+    in that same pass.
+    """
 
     def __init__(
         self,
-        listener: trio.SocketListener,
+        sock: socket.socket,
         slots: trio.CapacityLimiter,
         *,
         read_timeout: float,
         idle_timeout: float,
     ) -> None:
-        self._listener = listener
+        sock.setblocking(False)
+        self._sock = sock
         self._slots = slots
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
+        self._ready: deque[trio.SocketStream] = deque()
         self._full = False
 
     async def accept(self) -> GuardedStream:
         borrower = object()
-        if self._slots.available_tokens == 0 and not self._full:
-            self._full = True
-            logger.bind(max_connections=self._slots.total_tokens).warning(
-                "http.connections_full"
-            )
-        await self._slots.acquire_on_behalf_of(borrower)
+        try:
+            self._slots.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            if not self._full:
+                self._full = True
+                logger.bind(max_connections=self._slots.total_tokens).warning(
+                    "http.connections_full"
+                )
+            await self._slots.acquire_on_behalf_of(borrower)
         self._full = False
         try:
-            stream = await self._listener.accept()
+            stream = self._ready.popleft() if self._ready else await self._wait_ready()
         except BaseException:
             self._slots.release_on_behalf_of(borrower)
             raise
@@ -169,8 +185,46 @@ class CappedListener(trio.abc.Listener[GuardedStream]):
             on_close=partial(self._slots.release_on_behalf_of, borrower),
         )
 
+    async def _wait_ready(self) -> trio.SocketStream:
+        while True:
+            await trio.lowlevel.wait_readable(self._sock)
+            self._take_all()
+            if self._ready:
+                return self._ready.popleft()
+
+    def _take_all(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # The client gave up between SYN and accept: not our problem.
+                if exc.errno in _IGNORED_ACCEPT_ERRORS:
+                    continue
+                raise
+            self._ready.append(trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+
     async def aclose(self) -> None:
-        await self._listener.aclose()
+        while self._ready:
+            self._ready.popleft().socket.close()
+        self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+# Most connections taken from the kernel in one pass; the rest wait for the next.
+_ACCEPT_BATCH = 512
+_IGNORED_ACCEPT_ERRORS = {
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENOPROTOOPT,
+    errno.EOPNOTSUPP,
+}
 
 
 async def _serve_connection(
@@ -214,10 +268,9 @@ async def serve(
             binds = []
             for sock in sockets.insecure_sockets:
                 sock.listen(config.backlog)
-                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                 listeners.append(
                     CappedListener(
-                        listener,
+                        sock,
                         slots,
                         read_timeout=read_timeout,
                         idle_timeout=config.keep_alive_timeout,

@@ -20,6 +20,7 @@ unfinished is put back into the scheduler (recovery).
 
 from __future__ import annotations
 
+import gc
 import signal
 import sqlite3
 import time
@@ -266,6 +267,11 @@ class Daemon:
             ).info("daemon.ready")
             self.notifier.ready()
             nursery.start_soon(self.notifier.run, self.status_line)
+            # Everything built so far lives as long as the process: keep it out
+            # of the collector's scans, so a full collection under load pauses
+            # for the objects of in-flight work only.
+            gc.collect()
+            gc.freeze()
             task_status.started(port)
 
             await self._stop_requested.wait()

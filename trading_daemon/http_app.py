@@ -1,39 +1,26 @@
 """The HTTP front end: quart-trio routes over the daemon.
 
-Each route first screens the request (auth.py, ratelimit.py): the per-source
-rate limit (429, before the body is read), then the webhook's source address
-against the allowlist (403), then, on routes that change state or show more
-than health, the admin token (401; 403 when none is configured). The rate limit
-comes first so that no refusal, logged or not, can be had faster than it allows.
-A new route that changes state starts with ``screen(needs_admin=True)``; a test
+Every route first passes the gate (gate.py: rate limit, source policy, admin
+token). POST /webhook is served in front of quart by webhook_route.py. A new
+route that changes state starts with ``screen(needs_admin=True)``; a test
 checks that every non-GET route but the webhook refuses a request without it.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from loguru import logger
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .auth import Address, AdminAuth, AuthError, SourcePolicy, parse_address
 from .daemon import Daemon
-from .ratelimit import RateLimiter
+from .gate import Gate
 from .scheduler import QueueFull, SchedulerClosed
 from .webhook import Reply
+from .webhook_route import WebhookRoute
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-CREDENTIAL_HEADERS = (
-    "authorization",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-)
-# Peers whose X-Forwarded-For was ignored and reported; bounded.
-_MAX_REPORTED_PEERS = 64
 
 
 def create_app(daemon: Daemon) -> QuartTrio:
@@ -45,11 +32,10 @@ def create_app(daemon: Daemon) -> QuartTrio:
     # bounds the whole request).
     app.config["BODY_TIMEOUT"] = daemon.settings.read_timeout
     app.config["JSON_SORT_KEYS"] = False
-    sources = SourcePolicy.from_settings(daemon.settings)
-    limiter = RateLimiter(daemon.settings.rate_limit)
-    admin = AdminAuth(daemon.settings.admin_token)
+    gate = Gate(daemon.settings)
     details_public = daemon.settings.status_public
-    reported_peers: set[str] = set()
+    # POST /webhook never reaches quart: see webhook_route.py.
+    app.asgi_app = WebhookRoute(daemon, gate, app.asgi_app)  # type: ignore[method-assign]
 
     def reply(answer: Reply) -> Response:
         response = jsonify(answer.body)
@@ -57,92 +43,27 @@ def create_app(daemon: Daemon) -> QuartTrio:
         response.headers.update(answer.headers)
         return response
 
-    def client_address() -> Address | None:
+    def screen(*, needs_admin: bool = False) -> Reply | None:
         peer_info = request.scope.get("client")
-        peer = str(peer_info[0]) if peer_info else None
-        forwarded = request.headers.getlist("X-Forwarded-For")
-        if (
-            forwarded
-            and peer is not None
-            and not sources.trusts(parse_address(peer))
-            and peer not in reported_peers
-            and len(reported_peers) < _MAX_REPORTED_PEERS
-        ):
-            # Most likely a reverse proxy missing from TRADING_TRUSTED_PROXIES:
-            # every client then looks like the proxy.
-            reported_peers.add(peer)
-            logger.bind(peer=peer).warning("auth.forwarded_for_ignored")
-        return sources.client(peer, forwarded)
-
-    def screen(*, webhook: bool = False, needs_admin: bool = False) -> Reply | None:
-        """The refusal this request gets before any work, or None to go on."""
-        address = client_address()
-        source = "unknown" if address is None else str(address)
-        limited = limiter.check(source)
-        if limited is not None:
-            if limited.first:
-                logger.bind(
-                    client=source, retry_after_s=round(limited.retry_after_s, 1)
-                ).warning("ratelimit.refused")
-            return Reply(
-                429,
-                {
-                    "error": f"more than {limiter.per_minute} requests a minute from"
-                    f" {source}; retry later"
-                },
-                {"Retry-After": limited.retry_after_header},
-            )
-
-        if webhook and not sources.allows(address):
-            return refused(AuthError(f"source {source} is not allowed", status=403))
-        if needs_admin:
-            try:
-                admin.check(request.headers.get("Authorization"))
-            except AuthError as exc:
-                return refused(exc)
-        return None
-
-    def refused(exc: AuthError) -> Reply:
-        logger.bind(status=exc.status, reason=str(exc), path=request.path).warning(
-            "auth.rejected"
+        return gate.screen(
+            peer=str(peer_info[0]) if peer_info else None,
+            forwarded=request.headers.getlist("X-Forwarded-For"),
+            authorization=request.headers.get("Authorization"),
+            path=request.path,
+            needs_admin=needs_admin,
         )
-        return Reply(exc.status, exc.as_json(), exc.headers)
 
     @app.before_request
     async def header_limit() -> Response | None:
-        # hypercorn's h11_max_incomplete_size only bounds headers that arrive
-        # in pieces; a head that comes in one read passes it whole.
         size = sum(len(name) + len(value) + 4 for name, value in request.headers)
-        if size <= daemon.settings.max_header_bytes:
-            return None
-        limit = daemon.settings.max_header_bytes
-        error = f"request headers of {size} bytes exceed the {limit} byte limit"
-        return reply(Reply(431, {"error": error}))
+        too_large = gate.headers_too_large(size)
+        return None if too_large is None else reply(too_large)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
             return reply(daemon.intake.too_large())
         return reply(Reply(exc.code or 500, {"error": exc.description or exc.name}))
-
-    @app.post("/webhook")
-    async def webhook() -> Response:
-        started = time.perf_counter()
-        answer = screen(webhook=True)
-        if answer is None:
-            body = await request.get_data(cache=False)
-            assert isinstance(body, bytes)
-            credentials = {
-                name: value
-                for name in CREDENTIAL_HEADERS
-                if (value := request.headers.get(name)) is not None
-            }
-            answer = await daemon.intake.accept(body, headers=credentials)
-        daemon.metrics.alerts.labels(_result(answer.status)).inc()
-        daemon.metrics.webhook_ack.labels(str(answer.status)).observe(
-            time.perf_counter() - started
-        )
-        return reply(answer)
 
     @app.get("/health")
     async def health() -> Response:
@@ -190,15 +111,3 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return Response(daemon.metrics.exposition(), content_type=PROMETHEUS_TEXT)
 
     return app
-
-
-def _result(status: int) -> str:
-    return {
-        202: "accepted",
-        400: "invalid",
-        401: "unauthorized",
-        403: "forbidden",
-        413: "too_large",
-        429: "rate_limited",
-        503: "refused",
-    }.get(status, str(status))
