@@ -20,10 +20,12 @@ from trading_daemon.projectx_client import (
     ClientConfig,
     GatewayError,
     Json,
+    ProjectXClient,
     RateLimited,
     RateLimiter,
     ServerError,
     SharedFetch,
+    error_code,
     is_transient,
     retry_after_s,
 )
@@ -211,3 +213,28 @@ async def test_shared_fetch_failure_answers_nobody(autojump_clock: MockClock) ->
     answer = await shared.get()
 
     assert answer == [{"ok": True}]
+
+
+async def test_client_counts_failed_calls_by_kind(autojump_clock: MockClock) -> None:
+    """Each failed call is counted under a short kind: gateway code or HTTP status."""
+    answers = iter(
+        [
+            httpx.Response(200, json={"success": True, "token": "tok-1234567890"}),
+            httpx.Response(503),
+            httpx.Response(200, json={"success": False, "errorCode": 5}),
+            httpx.Response(429),
+        ]
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return next(answers)
+
+    config = ClientConfig("http://gateway.test", "user", "key-0123456789")
+    client = ProjectXClient(config, transport=httpx.MockTransport(handler))
+    for _ in range(3):
+        with pytest.raises((ServerError, GatewayError, RateLimited)):
+            await client.request_once("Order/place", {})
+    await client.aclose()
+
+    assert dict(client.errors) == {"http_503": 1, "gateway_5": 1, "http_429": 1}
+    assert error_code(TimeoutError()) == "other"

@@ -93,7 +93,12 @@ class Daemon:
             observer=self.metrics,
             on_change=self.journal.task_changed,
         )
-        self.metrics.watch(self.scheduler, lambda: self.journal.dead_count)
+        self.metrics.watch(
+            self.scheduler,
+            lambda: self.journal.dead_count,
+            self.broker.name,
+            getattr(self.broker, "errors", {}),
+        )
         self.executor = Executor(self.broker, self.metrics)
         self.scheduler.register(EXECUTE_SIGNAL, self.executor.execute_signal)
         retention_s = settings.retention_days * 86400

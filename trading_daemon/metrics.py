@@ -7,7 +7,7 @@ observations, are recorded as they happen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -92,16 +92,17 @@ class Metrics:
             ["broker", "symbol"],
             registry=self.registry,
         )
-        self.broker_errors = Counter(
-            f"{PREFIX}_broker_errors",
-            "Broker errors, by code.",
-            ["broker", "code"],
-            registry=self.registry,
-        )
 
-    def watch(self, scheduler: Scheduler, dead_letters: Callable[[], int]) -> None:
-        """Expose the scheduler's counters and gauges at scrape time."""
+    def watch(
+        self,
+        scheduler: Scheduler,
+        dead_letters: Callable[[], int],
+        broker: str,
+        broker_errors: Mapping[str, int],
+    ) -> None:
+        """Expose the scheduler's and broker's counts at scrape time."""
         self.registry.register(_SchedulerCollector(scheduler, dead_letters))
+        self.registry.register(_BrokerErrorCollector(broker, broker_errors))
 
     # SchedulerObserver
     def task_waited(self, priority: Priority, seconds: float) -> None:
@@ -170,3 +171,19 @@ class _SchedulerCollector(Collector):
             "Tasks given up on and kept in the journal for inspection or replay.",
             value=self._dead_letters(),
         )
+
+
+class _BrokerErrorCollector(Collector):
+    def __init__(self, broker: str, errors: Mapping[str, int]) -> None:
+        self._broker = broker
+        self._errors = errors
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_broker_errors",
+            "Failed broker calls, by kind (gateway error code, HTTP status, timeout).",
+            labels=["broker", "code"],
+        )
+        for code, count in sorted(self._errors.items()):
+            family.add_metric([self._broker, code], count)
+        yield family

@@ -97,6 +97,8 @@ class ProjectXBroker:
         live: bool = False,
     ) -> None:
         self.client = client
+        # Failed gateway calls by kind, read by /metrics.
+        self.errors = client.errors
         self.account: Account | None = None
         self.fills: deque[OrderResult] = deque(maxlen=1000)
         self._wanted_account = account.strip()

@@ -273,6 +273,8 @@ class ProjectXClient:
             reserve=config.rate_limit // URGENT_SHARE,
         )
         self.calls: Counter[str] = Counter()
+        # Failures by kind ("gateway_5", "http_503", "timeout"...), for /metrics.
+        self.errors: Counter[str] = Counter()
         self.logins = 0
         self.refreshes = 0
         self._http = httpx.AsyncClient(
@@ -336,6 +338,9 @@ class ProjectXClient:
         reset = _urgent.set(urgent)
         try:
             return await self._call(endpoint, body)
+        except Exception as exc:
+            self.errors[error_code(exc)] += 1
+            raise
         finally:
             _urgent.reset(reset)
 
@@ -463,6 +468,23 @@ def _envelope(endpoint: str, response: httpx.Response, limiter: RateLimiter) -> 
             endpoint, code if isinstance(code, int) else -1, data.get("errorMessage")
         )
     return data
+
+
+def error_code(exc: BaseException) -> str:
+    """A short, bounded label for a failed call (no messages: they vary)."""
+    if isinstance(exc, GatewayError):
+        return f"gateway_{exc.code}"
+    if isinstance(exc, ServerError):
+        return f"http_{exc.status}"
+    if isinstance(exc, RateLimited):
+        return "http_429"
+    if isinstance(exc, AuthenticationError):
+        return "auth"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "transport"
+    return "other"
 
 
 def retry_after_s(value: str | None) -> float | None:
