@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import sys
 from typing import IO, Any, TextIO
 
@@ -51,10 +52,13 @@ def stderr_is_journal(stream: IO[str] | None = None) -> bool:
     return (st.st_dev, st.st_ino) == (device, inode)
 
 
+_NEEDS_QUOTING = re.compile(r'[ "=\n\r\\]')
+
+
 def _render_value(value: Any) -> str:
     # Mask before quoting: escaping could split a secret that holds a quote.
-    text = _mask(str(value))
-    if not text or any(c in text for c in ' "=\n\r\\'):
+    text = _mask(str(value)) if _secrets else str(value)
+    if not text or _NEEDS_QUOTING.search(text):
         # Newlines escaped: a value must never start a forged journal line.
         escaped = (
             text.replace("\\", "\\\\")
