@@ -629,3 +629,21 @@ async def test_serve_simulator_drop_after_place_is_transport_error(
     assert elapsed < 2
     assert [o["customTag"] for o in lookup.json()["orders"]] == ["x"]
     assert state.call_count("Order/place") == 1
+
+
+async def test_serve_simulator_keeps_connection_usable_after_5xx(
+    state: SimulatorState,
+) -> None:
+    """Injected 5xx answers leave a kept-alive connection usable for the next call."""
+    state.faults.server_error_rate = 1.0
+    async with (
+        running_simulator(state) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=2) as http,
+    ):
+        statuses = [
+            (await http.post("/api/Order/place", json=market(0, 1))).status_code
+            for _ in range(5)
+        ]
+
+    assert statuses == [state.faults.server_error_status] * 5
+    assert state.faults.server_error_status >= 500

@@ -226,6 +226,9 @@ async def _gateway(
 async def _answer(
     state: SimulatorState, name: str, endpoint: _Endpoint | None
 ) -> Response:
+    # Read the whole body before any early answer: an unread body left on a
+    # kept-alive connection stalls the client's next request on it.
+    await request.get_data()
     if state.draw_server_error():
         status = state.faults.server_error_status
         return Response("simulated server error", status, mimetype="text/plain")
