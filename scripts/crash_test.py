@@ -67,6 +67,11 @@ class Daemon:
             # All traffic comes from 127.0.0.1: the per-source limit would
             # refuse it.
             "TRADING_RATE_LIMIT": "0",
+            # Every alert adds one contract to its symbol's position, so each
+            # acknowledged alert is exactly one order, whatever the hour.
+            "TRADING_PYRAMIDING": "true",
+            "TRADING_MAX_PYRAMID": "1000000",
+            "TRADING_TRADING_HOURS": "always",
         }
         env.pop("JOURNAL_STREAM", None)
         self.log = log
@@ -113,7 +118,9 @@ async def send_alerts(url: str, ids: list[str], acked: set[str]) -> None:
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=5) as client:
 
         async def one(index: int, alert_id: str) -> None:
-            side = "buy" if index % 2 == 0 else "sell"
+            # Longs on half the symbols, shorts on the others: an alert only
+            # ever adds (a reversal would be two orders, see intent.py).
+            side = "buy" if index % len(SYMBOLS) < len(SYMBOLS) // 2 else "sell"
             body = json.dumps(
                 {
                     "action": side,
@@ -183,7 +190,8 @@ def verify(state_dir: Path, ids: list[str], acked: set[str]) -> RoundResult:
     for body in orders:
         order: dict[str, Any] = json.loads(body)
         net[order["symbol"]] += order["size"] * (1 if order["side"] == "buy" else -1)
-        task_id = order["client_id"].removeprefix("td-")
+        # td-<task>-<step>
+        task_id = order["client_id"].removeprefix("td-").split("-")[0]
         if task_id in alert_of_task:
             per_alert[alert_of_task[task_id]] += 1
 

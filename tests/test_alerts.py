@@ -19,6 +19,7 @@ from trading_daemon.alerts import (
     parse_alert,
     parse_signal,
 )
+from trading_daemon.broker import Bracket, OrderType
 
 
 def body(**fields: Any) -> bytes:
@@ -155,14 +156,14 @@ def test_parse_alert_unknown_fields_kept_in_extra() -> None:
         symbol="ES1!",
         quantity=1,
         id="a1",
-        price="6012.25",
+        comment="6012.25",
         strategy={"name": "orb", "position": "short"},
     )
 
     signal = parse_alert(raw)
 
     assert signal.extra == {
-        "price": "6012.25",
+        "comment": "6012.25",
         "strategy": {"name": "orb", "position": "short"},
     }
 
@@ -455,3 +456,229 @@ def test_parse_body_refuses_duplicate_fields() -> None:
 
     assert caught.value.field == "action"
     assert "more than once" in str(caught.value)
+
+
+# -- what an alert says about orders and positions (#5) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("reverse", Action.REVERSE), ("Cancel", Action.CANCEL), ("EXIT", Action.CLOSE)],
+)
+def test_parse_signal_reverse_and_cancel_actions(text: str, expected: Action) -> None:
+    """reverse and cancel are actions too, in any case; neither needs a quantity."""
+    signal = parse_signal({"action": text, "symbol": "MNQ"})
+
+    assert (signal.action, signal.quantity) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "target"),
+    [
+        ({"market_position": "long", "market_position_size": "2"}, 2),
+        ({"market_position": "Short", "market_position_size": 1.0}, -1),
+        ({"market_position": "flat", "market_position_size": "0"}, 0),
+        ({"market_position": "flat"}, 0),
+        ({"position_size": "-3.0"}, -3),
+        ({"position_size": 0}, 0),
+        ({"market_position": "long", "market_position_size": 2, "position_size": 2}, 2),
+    ],
+)
+def test_parse_signal_target_position(fields: dict[str, Any], target: int) -> None:
+    """TradingView's market_position(_size) or a signed position_size is the target."""
+    signal = parse_signal({"action": "buy", "symbol": "MNQ1!", **fields})
+
+    assert signal.target == target
+    assert signal.quantity is None
+    assert signal.extra == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "fragment"),
+    [
+        ({"market_position": "up"}, "market_position", "long, short or flat"),
+        ({"market_position": "long"}, "market_position_size", "1 or more"),
+        (
+            {"market_position": "flat", "market_position_size": 1},
+            "market_position_size",
+            "needs market_position_size 0",
+        ),
+        ({"market_position_size": 1}, "market_position", "needs market_position"),
+        ({"position_size": "1.5"}, "position_size", "whole number"),
+        (
+            {"market_position": "long", "market_position_size": 1, "position_size": -1},
+            "position_size",
+            "contradicts",
+        ),
+        ({"mode": "target"}, "mode", "mode target needs market_position"),
+        ({"mode": "auto"}, "mode", "signal or target, got 'auto'"),
+    ],
+)
+def test_parse_signal_bad_target_is_refused(
+    fields: dict[str, Any], field: str, fragment: str
+) -> None:
+    """A target that cannot be read is a 400 naming the field."""
+    with pytest.raises(AlertError, match=fragment) as info:
+        parse_signal(alert(**fields))
+
+    assert info.value.field == field
+
+
+def test_parse_signal_signal_mode_with_target_still_needs_quantity() -> None:
+    """mode signal reads quantity, so buy without one is refused."""
+    with pytest.raises(AlertError, match="quantity is required for buy"):
+        parse_signal(
+            {"action": "buy", "symbol": "MNQ", "mode": "signal", "position_size": 1}
+        )
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind", "limit", "stop", "reference"),
+    [
+        ({}, OrderType.MARKET, None, None, None),
+        ({"price": "21000.25"}, OrderType.MARKET, None, None, 21000.25),
+        ({"limit_price": 21000}, OrderType.LIMIT, 21000.0, None, None),
+        (
+            {"order_type": "LIMIT", "price": "20990"},
+            OrderType.LIMIT,
+            20990,
+            None,
+            20990,
+        ),
+        ({"stop_price": "21050.5"}, OrderType.STOP, None, 21050.5, None),
+        (
+            {"order_type": "stop", "stop_price": 21050},
+            OrderType.STOP,
+            None,
+            21050,
+            None,
+        ),
+    ],
+)
+def test_parse_signal_order_types(
+    fields: dict[str, Any],
+    kind: OrderType,
+    limit: float | None,
+    stop: float | None,
+    reference: float | None,
+) -> None:
+    """market, limit (price or limit_price), stop (stop_price); inferred if unnamed."""
+    signal = parse_signal(alert(**fields))
+
+    assert (signal.order_type, signal.limit_price, signal.stop_price) == (
+        kind,
+        limit,
+        stop,
+    )
+    assert signal.reference_price == reference
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "fragment"),
+    [
+        ({"order_type": "trailing"}, "order_type", "market, limit or stop"),
+        ({"order_type": "limit"}, "limit_price", "needs limit_price"),
+        ({"order_type": "stop"}, "stop_price", "needs stop_price"),
+        ({"limit_price": 1, "stop_price": 2}, "stop_price", "stop-limit"),
+        ({"order_type": "market", "limit_price": 1}, "limit_price", "does not go"),
+        ({"limit_price": "-5"}, "limit_price", "positive price, got '-5'"),
+        ({"stop_price": "nan"}, "stop_price", "positive price"),
+    ],
+)
+def test_parse_signal_bad_order_is_refused(
+    fields: dict[str, Any], field: str, fragment: str
+) -> None:
+    """An order type or price that does not fit is a 400 naming the field."""
+    with pytest.raises(AlertError, match=fragment) as info:
+        parse_signal(alert(**fields))
+
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("fields", "bracket"),
+    [
+        ({"stop_loss_ticks": "20"}, Bracket(stop_loss_ticks=20)),
+        ({"take_profit_ticks": 40.0}, Bracket(take_profit_ticks=40)),
+        (
+            {"stop_loss": "20950", "take_profit_price": 21100},
+            Bracket(stop_loss_price=20950, take_profit_price=21100),
+        ),
+        ({}, None),
+    ],
+)
+def test_parse_signal_bracket(fields: dict[str, Any], bracket: Bracket | None) -> None:
+    """Stop loss and take profit, each in ticks or as a price."""
+    assert parse_signal(alert(**fields)).bracket == bracket
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment"),
+    [
+        ({"stop_loss_ticks": 0}, "from 1 to"),
+        ({"stop_loss_ticks": 2.5}, "whole number of ticks"),
+        ({"stop_loss_ticks": 5, "stop_loss": 100}, "in ticks and as a price"),
+        ({"take_profit": 1, "take_profit_price": 2}, "not both"),
+    ],
+)
+def test_parse_signal_bad_bracket_is_refused(
+    fields: dict[str, Any], fragment: str
+) -> None:
+    """A bracket leg must be whole positive ticks or one price."""
+    with pytest.raises(AlertError, match=fragment):
+        parse_signal(alert(**fields))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("main", "main"), (" eval2 ", "eval2"), (1002, "1002")]
+)
+def test_parse_signal_account(value: Any, expected: str) -> None:
+    """An alert may name its account by name or id."""
+    assert parse_signal(alert(account=value)).account == expected
+
+
+@pytest.mark.parametrize("value", ["", "x" * 65, True, ["main"]])
+def test_parse_signal_bad_account_is_refused(value: Any) -> None:
+    """An empty, overlong or non-text account is refused."""
+    with pytest.raises(AlertError) as info:
+        parse_signal(alert(account=value))
+
+    assert info.value.field == "account"
+
+
+def test_signal_payload_round_trip_with_order_fields() -> None:
+    """Target, order type, bracket and account survive the journal's JSON."""
+    signal = parse_signal(
+        alert(
+            account="main",
+            market_position="short",
+            market_position_size=2,
+            limit_price=21010,
+            stop_loss_ticks=12,
+            mode="target",
+        )
+    )
+
+    payload = json.loads(json.dumps(signal.to_payload()))
+
+    assert Signal.from_payload(payload) == signal
+
+
+def test_signal_from_payload_of_an_older_journal() -> None:
+    """A payload written before #5 reads as a market order without target."""
+    old = {
+        "action": "buy",
+        "symbol": "MNQ",
+        "quantity": 1,
+        "alert_id": None,
+        "raw_symbol": "MNQ",
+        "extra": {},
+    }
+
+    signal = Signal.from_payload(old)
+
+    assert (signal.order_type, signal.target, signal.account) == (
+        OrderType.MARKET,
+        None,
+        None,
+    )

@@ -249,3 +249,82 @@ def test_serve_broker_setup_error_found_inside_groups() -> None:
 
     assert _find_broker_setup_error(nested) is refused
     assert _find_broker_setup_error(ExceptionGroup("x", [ValueError()])) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "answer", "printed"),
+    [
+        (
+            "halt",
+            {"halted": True, "id": "f1", "status": "queued"},
+            "halted; flatten task f1 queued",
+        ),
+        ("resume", {"halted": False}, "resumed: entries are accepted again"),
+    ],
+)
+def test_main_halt_and_resume_post_with_the_admin_token(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    answer: dict[str, Any],
+    printed: str,
+) -> None:
+    """halt and resume POST to the daemon with the admin token, like replay (#5)."""
+    sent: list[tuple[str, str, dict[str, str]]] = []
+
+    def fake(method: str, url: str, **kwargs: Any) -> httpx.Response:
+        sent.append((method, url, kwargs["headers"]))
+        return httpx.Response(202, json=answer)
+
+    monkeypatch.setattr(httpx, "request", fake)
+    monkeypatch.setenv("TRADING_ADMIN_TOKEN", "admin-token-0123456789")
+
+    code = main([command, "--url", "http://127.0.0.1:9000"])
+
+    assert code == 0
+    assert capsys.readouterr().out.strip() == printed
+    assert sent == [
+        (
+            "POST",
+            f"http://127.0.0.1:9000/{command}",
+            {"Authorization": "Bearer admin-token-0123456789"},
+        )
+    ]
+
+
+def test_format_status_shows_halt_and_refusals() -> None:
+    """A halted daemon and its refusals are in the summary."""
+    document = {
+        **status_document(),
+        "halted": True,
+        "risk_refusals": [
+            {
+                "account": "main",
+                "symbol": "MNQ",
+                "guard": "max_daily_loss",
+                "reason": "realised P&L today -600.00 has reached ...",
+            }
+        ],
+    }
+
+    lines = format_status(document).splitlines()
+
+    assert "halted    entries refused until `trading-daemon resume`" in lines
+    assert (
+        "refused   main MNQ max_daily_loss: realised P&L today -600.00 has reached ..."
+        in lines
+    )
+
+
+def test_cli_startup_errors_carry_err_priority_under_journald(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With stderr on the journal, a configuration error line starts with <3>."""
+    monkeypatch.setattr("trading_daemon.logs.stderr_is_journal", lambda: True)
+    monkeypatch.setenv("TRADING_WORKERS", "zero")
+
+    code = main(["check-config"])
+    err = capsys.readouterr().err
+
+    assert code == 2
+    assert err.startswith("<3>trading-daemon: configuration error: TRADING_WORKERS")

@@ -540,3 +540,97 @@ def test_settings_secret_values_include_bare_signing_keys() -> None:
         SIGNING,
         SIGNING.removeprefix("whsec_"),
     }
+
+
+# -- order intent, risk limits and accounts (#5) -------------------------------
+
+
+def test_load_settings_intent_and_risk_from_env() -> None:
+    """Modes, pyramiding, limits, hours and accounts come from their variables."""
+    s = load_settings(
+        {
+            "TRADING_DEFAULT_MODE": "target",
+            "TRADING_PYRAMIDING": "yes",
+            "TRADING_MAX_PYRAMID": "4",
+            "TRADING_MAX_ORDER_SIZE": "5",
+            "TRADING_MAX_POSITION": "10",
+            "TRADING_MAX_DAILY_LOSS": "750.5",
+            "TRADING_TRADING_HOURS": "MNQ=always,*=08:30-15:00",
+            "TRADING_ACCOUNTS": "main=1.0, eval2=0.5,eval3",
+        }
+    )
+
+    assert (s.default_mode, s.pyramiding, s.max_pyramid) == ("target", True, 4)
+    assert (s.max_order_size, s.max_position, s.max_daily_loss) == (5, 10, 750.5)
+    assert s.trading_hours == "MNQ=always,*=08:30-15:00"
+    assert s.accounts == (("main", 1.0), ("eval2", 0.5), ("eval3", 1.0))
+
+
+def test_load_settings_intent_defaults() -> None:
+    """Signal mode, no adding, limits off, CME Globex hours, one account."""
+    s = load_settings({})
+
+    assert (s.default_mode, s.pyramiding, s.max_pyramid) == ("signal", False, 3)
+    assert (s.max_order_size, s.max_position, s.max_daily_loss) == (0, 0, 0.0)
+    assert (s.trading_hours, s.accounts) == ("cme-globex", ())
+
+
+def test_load_settings_accounts_from_toml_table(tmp_path: Path) -> None:
+    """TOML may give the accounts as a table, in order."""
+    path = write_toml(tmp_path, "[accounts]\nmain = 1\nPRAC-V2-2 = 0.25\n")
+
+    assert load_settings({}, config_file=path).accounts == (
+        ("main", 1.0),
+        ("PRAC-V2-2", 0.25),
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (
+            "TRADING_DEFAULT_MODE",
+            "auto",
+            "TRADING_DEFAULT_MODE must be one of signal, target, got 'auto'",
+        ),
+        ("TRADING_MAX_PYRAMID", "0", "TRADING_MAX_PYRAMID must be at least 1, got 0"),
+        (
+            "TRADING_MAX_ORDER_SIZE",
+            "-1",
+            "TRADING_MAX_ORDER_SIZE must be 0 (off) or more, got -1",
+        ),
+        (
+            "TRADING_MAX_DAILY_LOSS",
+            "-5",
+            "TRADING_MAX_DAILY_LOSS must be 0 (off) or more, got -5.0",
+        ),
+        ("TRADING_MAX_POSITION", "two", "TRADING_MAX_POSITION must be a whole number"),
+        ("TRADING_PYRAMIDING", "maybe", "TRADING_PYRAMIDING must be true or false"),
+        (
+            "TRADING_TRADING_HOURS",
+            "nyse",
+            "TRADING_TRADING_HOURS calendars are cme-globex, always or a Central-time"
+            " window such as 08:30-15:00 (start before end), got 'nyse'",
+        ),
+        (
+            "TRADING_ACCOUNTS",
+            "main=0",
+            "TRADING_ACCOUNTS multiplier for 'main' must be a positive number, got '0'",
+        ),
+        (
+            "TRADING_ACCOUNTS",
+            "main=x",
+            "TRADING_ACCOUNTS multiplier for 'main' must be a positive number, got 'x'",
+        ),
+        ("TRADING_ACCOUNTS", "main,MAIN=2", "TRADING_ACCOUNTS names account 'MAIN'"),
+        ("TRADING_ACCOUNTS", "=1", "TRADING_ACCOUNTS entries need an account name"),
+    ],
+)
+def test_load_settings_intent_and_risk_invalid(
+    variable: str, value: str, message: str
+) -> None:
+    """Every bad value is one ConfigError naming the variable and the value."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({variable: value})
+
+    assert str(info.value).startswith(message)

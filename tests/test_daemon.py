@@ -104,6 +104,7 @@ def _spawn(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
         "TRADING_STATE_DIR": str(tmp_path),
         "TRADING_PAPER_FILL_DELAY": "0.5",
         "TRADING_LOG_LEVEL": "INFO",
+        "TRADING_TRADING_HOURS": "always",
         **env,
     }
     full_env.pop("JOURNAL_STREAM", None)
@@ -141,9 +142,12 @@ def test_daemon_sigterm_during_work_drains_and_exits_zero(tmp_path: Path) -> Non
         port, early = _read_until(proc, r"daemon\.ready .*port=(\d+)", 20)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             ids = []
-            for index in range(5):
+            # Five contracts, five lanes: all five orders are in flight at once.
+            for index, symbol in enumerate(
+                ("MES1!", "MNQ1!", "M2K1!", "MGC1!", "MYM1!")
+            ):
                 body = json.dumps(
-                    {"action": "buy", "symbol": "MES1!", "quantity": 1, "id": index}
+                    {"action": "buy", "symbol": symbol, "quantity": 1, "id": index}
                 )
                 answer = client.post("/webhook", content=body)
                 assert answer.status_code == 202

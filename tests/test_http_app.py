@@ -26,7 +26,12 @@ TV_ALERT = b'{"action":"buy","symbol":"MNQ1!","quantity":"1"}'
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
-    settings = Settings(state_dir=tmp_path, paper_prices={"MNQ": 21000.0}, max_queue=5)
+    settings = Settings(
+        state_dir=tmp_path,
+        paper_prices={"MNQ": 21000.0},
+        max_queue=5,
+        trading_hours="always",
+    )
     daemon = Daemon(settings)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.journal.run)
@@ -57,6 +62,7 @@ async def test_webhook_text_plain_tradingview_alert_fills(daemon: Daemon) -> Non
 
     assert state["positions"] == [
         {
+            "account": "paper",
             "symbol": "MNQ",
             "size": 1,
             "side": "long",

@@ -31,6 +31,13 @@ from trading_daemon.priority import Priority
 from trading_daemon.tasks import TaskState
 
 
+def adding(state_dir: Path) -> Settings:
+    """Settings under which every buy alert adds a contract: one order each."""
+    return Settings(
+        state_dir=state_dir, trading_hours="always", pyramiding=True, max_pyramid=10
+    )
+
+
 def alert(**fields: Any) -> bytes:
     body = {"action": "buy", "symbol": "MNQ1!", "quantity": "1", **fields}
     return json.dumps(body).encode()
@@ -67,7 +74,9 @@ def rows(state_dir: Path, sql: str) -> list[tuple[Any, ...]]:
 
 async def test_journal_ack_only_after_task_is_on_disk(tmp_path: Path) -> None:
     """When accept() answers 202, another connection already sees the task queued."""
-    async with core(Daemon(Settings(state_dir=tmp_path))) as daemon:
+    async with core(
+        Daemon(Settings(state_dir=tmp_path, trading_hours="always"))
+    ) as daemon:
         reply = await daemon.intake.accept(alert(id="a1"))
         on_disk = rows(tmp_path, "SELECT id, state, kind FROM tasks")
 
@@ -77,7 +86,9 @@ async def test_journal_ack_only_after_task_is_on_disk(tmp_path: Path) -> None:
 
 async def test_journal_group_commit_shares_syncs(tmp_path: Path) -> None:
     """Sixteen concurrent acknowledgements need fewer than sixteen commits."""
-    async with core(Daemon(Settings(state_dir=tmp_path))) as daemon:
+    async with core(
+        Daemon(Settings(state_dir=tmp_path, trading_hours="always"))
+    ) as daemon:
         before = daemon.journal.commits
         replies: list[int] = []
 
@@ -112,7 +123,9 @@ async def test_journal_dedup_by_id_header_or_body(
     tmp_path: Path, first: dict[str, Any], second: dict[str, Any], duplicate: bool
 ) -> None:
     """A resend by id, webhook-id header or identical body is answered, not queued."""
-    async with core(Daemon(Settings(state_dir=tmp_path))) as daemon:
+    async with core(
+        Daemon(Settings(state_dir=tmp_path, trading_hours="always"))
+    ) as daemon:
         one = await daemon.intake.accept(
             first["body"], webhook_id=first.get("webhook_id")
         )
@@ -154,7 +167,7 @@ def test_dedup_body_window_expires_but_id_does_not() -> None:
 
 async def test_journal_dedup_keys_survive_restart(tmp_path: Path) -> None:
     """A resend after a restart is still a duplicate of the first alert."""
-    settings = Settings(state_dir=tmp_path)
+    settings = Settings(state_dir=tmp_path, trading_hours="always")
     async with core(Daemon(settings)) as daemon:
         first = await daemon.intake.accept(alert(id="keep-me"))
     async with core(Daemon(settings)) as daemon:
@@ -218,7 +231,7 @@ async def test_journal_restart_recovers_each_unfinished_state(tmp_path: Path) ->
         },
         delay=0.3,
     )
-    daemon = Daemon(Settings(state_dir=tmp_path))
+    daemon = Daemon(adding(tmp_path))
     assert isinstance(daemon.broker, PaperBroker)
     async with core(daemon):
         started = trio.current_time()
@@ -227,7 +240,7 @@ async def test_journal_restart_recovers_each_unfinished_state(tmp_path: Path) ->
         status = await daemon.status()
 
     by_task = {fill.client_id for fill in daemon.broker.fills}
-    assert by_task == {"td-queued", "td-running", "td-waiting"}
+    assert by_task == {"td-queued-1", "td-running-1", "td-waiting-1"}
     assert daemon.recovery.queued == 1
     assert daemon.recovery.running == 1
     assert daemon.recovery.retry_wait == 1
@@ -252,7 +265,7 @@ async def test_journal_rerun_of_running_task_places_no_second_order(
     tmp_path: Path,
 ) -> None:
     """A task that filled but died before 'done' finds its order on rerun."""
-    settings = Settings(state_dir=tmp_path)
+    settings = Settings(state_dir=tmp_path, trading_hours="always")
     async with core(Daemon(settings)) as daemon:
         request = OrderRequest("MNQ", Side.BUY, 1, "td-crashed")
         await daemon.broker.place_order(request)
@@ -283,10 +296,14 @@ async def test_journal_dead_letter_persists_and_replays(tmp_path: Path) -> None:
     """A dead letter is listed with its reason after restart and replays to a fill."""
     admin_token = "admin-token-for-replay-0042"
     admin = {"Authorization": f"Bearer {admin_token}"}
-    settings = Settings(state_dir=tmp_path, max_retries=0, admin_token=admin_token)
+    settings = Settings(
+        state_dir=tmp_path,
+        trading_hours="always",
+        max_retries=0,
+        admin_token=admin_token,
+    )
     first = Daemon(settings)
-    first.broker = FlakyPaper(journal=first.journal)
-    first.executor._broker = first.broker
+    first.brokers["paper"] = first.broker = FlakyPaper(journal=first.journal)
     async with core(first):
         reply = await first.intake.accept(alert(id="will-die"))
         await until(lambda: first.scheduler.stats.dead == 1)
@@ -370,11 +387,48 @@ def test_cli_serve_with_corrupt_journal_exits_2_with_one_line(
 async def test_journal_recovery_keeps_lane_order(tmp_path: Path) -> None:
     """Recovered tasks of one lane run one at a time, oldest first."""
     seed(tmp_path, {"lane-1": TaskState.RUNNING, "lane-2": TaskState.QUEUED}, lane="L")
-    daemon = Daemon(Settings(state_dir=tmp_path))
+    daemon = Daemon(adding(tmp_path))
     assert isinstance(daemon.broker, PaperBroker)
     async with core(daemon):
         await until(lambda: daemon.scheduler.stats.completed == 2)
 
     restored = [t for t in daemon.scheduler.recent if t.kind == EXECUTE_SIGNAL]
     assert [t.lane for t in restored] == ["L", "L"]
-    assert [f.client_id for f in daemon.broker.fills] == ["td-lane-1", "td-lane-2"]
+    assert [f.client_id for f in daemon.broker.fills] == ["td-lane-1-1", "td-lane-2-1"]
+
+
+async def test_journal_prune_keeps_dedup_key_of_unfinished_task(tmp_path: Path) -> None:
+    """An expired dedup key survives cleanup while its task is still unfinished."""
+    seed(tmp_path, {"waiting": TaskState.RETRY_WAIT, "finished": TaskState.DONE})
+    conn = sqlite3.connect(tmp_path / "journal.sqlite3")
+    conn.executemany(
+        "INSERT INTO dedup (key, task_id, expires) VALUES (?, ?, 1)",
+        [("id:waiting", "waiting"), ("id:finished", "finished")],
+    )
+    conn.commit()
+    conn.close()
+
+    journal = Journal(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)
+        await journal.prune(older_than_s=3600)
+        journal.close()
+
+    assert rows(tmp_path, "SELECT key FROM dedup") == [("id:waiting",)]
+
+
+def test_journal_read_only_file_is_a_startup_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal file that can be read but not written is refused at startup."""
+    Journal(tmp_path)._conn.close()
+    connect = sqlite3.connect
+
+    def read_only(path: Any, **kwargs: Any) -> sqlite3.Connection:
+        # Tests run as root, whom file modes do not stop: open read-only.
+        return connect(f"file:{path}?mode=ro", uri=True, **kwargs)
+
+    monkeypatch.setattr("trading_daemon.journal.sqlite3.connect", read_only)
+
+    with pytest.raises(JournalError, match=r"readonly"):
+        Journal(tmp_path)

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import itertools
 import math
+import sqlite3
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from trading_daemon.broker import (
+    Bracket,
     BrokerRefusal,
     FillReport,
     OrderRequest,
     OrderStatus,
+    OrderType,
     Position,
     Side,
 )
+from trading_daemon.journal import Journal
 from trading_daemon.paper_broker import POINT_VALUE, PaperBroker
 
 _ids = itertools.count(1)
@@ -225,6 +231,7 @@ async def test_paper_broker_account_summary_figures() -> None:
 
     assert summary == {
         "broker": "paper",
+        "account_name": "paper",
         "balance": 10_020.0,
         "realized_pnl": 20.0,
         "unrealized_pnl": 30.0 - 200.0,
@@ -302,10 +309,12 @@ async def test_paper_broker_interface_extras() -> None:
     contract = await broker.resolve_contract("mnq")
     accounts = await broker.accounts()
 
-    assert (contract.id, contract.symbol, contract.tick_value) == (
+    # MNQ moves in quarter points of $2 each: a tick is worth $0.50.
+    assert (contract.id, contract.symbol, contract.tick_size, contract.tick_value) == (
         "PAPER.MNQ",
         "MNQ",
-        2,
+        0.25,
+        0.5,
     )
     assert [(a.name, a.balance, a.can_trade) for a in accounts] == [
         ("paper", 1000, True)
@@ -313,3 +322,224 @@ async def test_paper_broker_interface_extras() -> None:
     assert await broker.open_orders() == []
     with pytest.raises(BrokerRefusal, match="not open"):
         await broker.cancel_order("P1")
+
+
+# -- order types, brackets, accounts (#5) ---------------------------------------
+
+
+def limit(side: Side, size: int, price: float, **extra: Any) -> OrderRequest:
+    return OrderRequest(
+        "MNQ",
+        side,
+        size,
+        f"c{next(_ids)}",
+        order_type=OrderType.LIMIT,
+        limit_price=price,
+        **extra,
+    )
+
+
+def stop(side: Side, size: int, price: float) -> OrderRequest:
+    return OrderRequest(
+        "MNQ", side, size, f"c{next(_ids)}", order_type=OrderType.STOP, stop_price=price
+    )
+
+
+async def test_paper_limit_rests_until_price_reaches_it() -> None:
+    """A buy limit under the market rests; the fill check fills it at its price."""
+    broker = PaperBroker({"MNQ": 21000})
+    placed = await broker.place_order(limit(Side.BUY, 1, 20990))
+
+    nothing = await broker.check_fills()
+    broker.set_price("MNQ", 20985)
+    report = await broker.check_fills()
+
+    assert placed.status is OrderStatus.WORKING
+    assert (placed.order_type, placed.price) == (OrderType.LIMIT, 20990)
+    assert nothing == FillReport()
+    [filled] = report.fills
+    assert (filled.order_id, filled.fill_price) == (placed.order_id, 20990)
+    assert [t.price for t in report.trades] == [20990]
+    assert await broker.position("MNQ") == Position("MNQ", 1, 20990, 0.0)
+    assert await broker.open_orders() == []
+
+
+async def test_paper_marketable_limit_fills_at_the_market() -> None:
+    """A limit the market already beats fills at once at the better price."""
+    broker = PaperBroker({"MNQ": 21000})
+
+    result = await broker.place_order(limit(Side.BUY, 2, 21005))
+
+    assert (result.status, result.fill_price) == (OrderStatus.FILLED, 21000)
+
+
+async def test_paper_stop_triggers_at_the_market_and_refuses_a_passed_stop() -> None:
+    """A buy stop above rests and fills where the market is; one below is refused."""
+    broker = PaperBroker({"MNQ": 21000})
+    resting = await broker.place_order(stop(Side.BUY, 1, 21010))
+    with pytest.raises(BrokerRefusal, match="a buy stop must be above the market"):
+        await broker.place_order(stop(Side.BUY, 1, 20990))
+
+    broker.set_price("MNQ", 21012.5)
+    report = await broker.check_fills()
+
+    assert resting.status is OrderStatus.WORKING
+    assert [(o.order_id, o.fill_price) for o in report.fills] == [
+        (resting.order_id, 21012.5)
+    ]
+
+
+async def test_paper_cancel_working_order() -> None:
+    """cancel_order ends a resting order; a second cancel is refused."""
+    broker = PaperBroker({"MNQ": 21000})
+    placed = await broker.place_order(limit(Side.SELL, 1, 21050))
+
+    await broker.cancel_order(placed.order_id)
+
+    assert await broker.open_orders() == []
+    found = await broker.find_order(placed.client_id)
+    assert found is not None and found.status is OrderStatus.CANCELLED
+    with pytest.raises(BrokerRefusal, match="not open"):
+        await broker.cancel_order(placed.order_id)
+
+
+async def test_paper_bracket_in_ticks_take_profit_cancels_stop_loss() -> None:
+    """A filled entry gets its two legs; one filling cancels the other (OCO)."""
+    broker = PaperBroker({"MNQ": 21000})
+    entry = OrderRequest(
+        "MNQ",
+        Side.BUY,
+        2,
+        "entry",
+        bracket=Bracket(stop_loss_ticks=20, take_profit_ticks=40),
+    )
+    await broker.place_order(entry)
+    legs = {o.order_type: o for o in await broker.open_orders()}
+
+    broker.set_price("MNQ", 21010)
+    report = await broker.check_fills()
+
+    # MNQ ticks are quarter points: 20 ticks is 5 points, 40 ticks 10.
+    assert {k: (o.side, o.size, o.price) for k, o in legs.items()} == {
+        OrderType.STOP: (Side.SELL, 2, 20995),
+        OrderType.LIMIT: (Side.SELL, 2, 21010),
+    }
+    assert [o.order_type for o in report.fills] == [OrderType.LIMIT]
+    assert await broker.open_orders() == []
+    position = await broker.position("MNQ")
+    assert (position.size, position.realized_pnl) == (0, 40.0)
+    assert [t.profit_and_loss for t in await broker.trades()] == [None, 40.0]
+
+
+async def test_paper_bracket_stop_loss_gap_fills_at_the_market() -> None:
+    """A stop loss triggered by a gap fills at the market, not at its stop."""
+    broker = PaperBroker({"MNQ": 21000})
+    bracket = Bracket(stop_loss_price=20990, take_profit_price=21020)
+    await broker.place_order(OrderRequest("MNQ", Side.BUY, 1, "e", bracket=bracket))
+
+    broker.set_price("MNQ", 20980)
+    report = await broker.check_fills()
+
+    assert [(o.order_type, o.fill_price) for o in report.fills] == [
+        (OrderType.STOP, 20980)
+    ]
+    assert (await broker.position("MNQ")).size == 0
+
+
+@pytest.mark.parametrize(
+    ("side", "bracket", "message"),
+    [
+        (Side.BUY, Bracket(stop_loss_price=21001), "stop loss 21001 must be below"),
+        (Side.BUY, Bracket(take_profit_price=20999), "take profit 20999 must be above"),
+        (Side.SELL, Bracket(stop_loss_price=20999), "stop loss 20999 must be above"),
+    ],
+)
+async def test_paper_bracket_on_the_wrong_side_is_refused_with_no_entry(
+    side: Side, bracket: Bracket, message: str
+) -> None:
+    """A bracket that would fill at once is refused, and no entry is made."""
+    broker = PaperBroker({"MNQ": 21000})
+
+    with pytest.raises(BrokerRefusal, match=message):
+        await broker.place_order(OrderRequest("MNQ", side, 1, "x", bracket=bracket))
+
+    assert broker.fills == []
+    assert await broker.open_orders() == []
+    assert await broker.find_order("x") is None
+
+
+async def test_paper_bracket_legs_shrink_with_the_position_and_go_when_flat() -> None:
+    """A partial exit trims the legs; closing the rest cancels them."""
+    broker = PaperBroker({"MNQ": 21000})
+    bracket = Bracket(stop_loss_ticks=8, take_profit_ticks=8)
+    await broker.place_order(OrderRequest("MNQ", Side.BUY, 3, "e", bracket=bracket))
+
+    await broker.place_order(order(Side.SELL, 2))
+    trimmed = [o.size for o in await broker.open_orders()]
+    await broker.close_position("MNQ")
+
+    assert trimmed == [1, 1]
+    assert await broker.open_orders() == []
+
+
+async def test_paper_accounts_and_working_orders_survive_restart(
+    tmp_path: Path,
+) -> None:
+    """Each account's book and resting orders come back from the journal."""
+    async with trio.open_nursery() as nursery:
+        journal = Journal(tmp_path)
+        nursery.start_soon(journal.run)
+        main = PaperBroker({"MNQ": 21000}, journal=journal, account="main")
+        side = PaperBroker({"MNQ": 21000}, journal=journal, account="side")
+        await main.place_order(order(Side.BUY, 2))
+        await side.place_order(order(Side.SELL, 1))
+        resting = await main.place_order(limit(Side.SELL, 1, 21100))
+        journal.close()
+
+    async with trio.open_nursery() as nursery:
+        journal = Journal(tmp_path)
+        nursery.start_soon(journal.run)
+        main = PaperBroker({"MNQ": 21000}, journal=journal, account="main")
+        side = PaperBroker({"MNQ": 21000}, journal=journal, account="side")
+        main.set_price("MNQ", 21100)
+        report = await main.check_fills()
+        trades = await main.trades()
+        journal.close()
+
+    assert [o.order_id for o in report.fills] == [resting.order_id]
+    assert (await main.position("MNQ")).size == 1
+    assert (await side.position("MNQ")).size == -1
+    assert [t.profit_and_loss for t in trades] == [None, 200.0]
+    assert all(t.at is not None for t in trades)
+
+
+def test_journal_migrates_paper_books_to_the_paper_account(tmp_path: Path) -> None:
+    """A journal from before accounts keeps its paper book, as account 'paper'."""
+    conn = sqlite3.connect(tmp_path / "journal.sqlite3")
+    conn.executescript(
+        """
+        CREATE TABLE paper_orders (client_id TEXT PRIMARY KEY, body TEXT NOT NULL,
+                                   created REAL NOT NULL);
+        CREATE TABLE paper_books (symbol TEXT PRIMARY KEY, size INTEGER NOT NULL,
+                                  average_price REAL NOT NULL,
+                                  realized_pnl REAL NOT NULL);
+        INSERT INTO paper_books VALUES ('MNQ', 2, 21000.0, 15.0);
+        """
+    )
+    conn.execute(
+        "INSERT INTO paper_orders VALUES (?, ?, 1.0)",
+        (
+            "td-old",
+            '{"order_id": "P1", "client_id": "td-old", "symbol": "MNQ",'
+            ' "side": "buy", "size": 2, "status": "filled", "filled_size": 2,'
+            ' "fill_price": 21000.0}',
+        ),
+    )
+    conn.commit()
+    conn.close()
+
+    broker = PaperBroker(journal=Journal(tmp_path))
+
+    assert broker.account == "paper"
+    assert broker._books["MNQ"].size == 2
+    assert [f.client_id for f in broker.fills] == ["td-old"]

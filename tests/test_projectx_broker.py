@@ -617,6 +617,7 @@ async def running_daemon(
                 "project_x_username": USER,
                 "project_x_api_key": KEY,
                 "webhook_secret": WEBHOOK_SECRET,
+                "trading_hours": "always",
                 **overrides,
             }
         )
@@ -685,14 +686,14 @@ async def test_daemon_alert_order_fill_position(tmp_path: Path) -> None:
         task = await finished(daemon, task_id)
         broker = daemon.broker
         assert isinstance(broker, ProjectXBroker)
-        await until(lambda: any(f.client_id == f"td-{task_id}" for f in broker.fills))
+        await until(lambda: any(f.client_id == f"td-{task_id}-1" for f in broker.fills))
         shown = await status(http)
         metrics = (await http.get("/metrics")).text
 
     assert task.state is TaskState.DONE
     [placed] = state.orders()
     assert (placed.custom_tag, placed.contract_id, placed.size) == (
-        f"td-{task_id}",
+        f"td-{task_id}-1",
         MNQ_H25,
         2,
     )
@@ -711,7 +712,7 @@ async def test_daemon_token_expiry_mid_run(tmp_path: Path) -> None:
     """Every token dies between two alerts: one re-login, both orders placed."""
     state = ScriptedState()
 
-    async with running_daemon(state, tmp_path) as (daemon, http):
+    async with running_daemon(state, tmp_path, pyramiding=True) as (daemon, http):
         first = await finished(daemon, await post_alert(http, id="a1"))
         state.expire_all_tokens()
         second = await finished(daemon, await post_alert(http, id="a2"))
@@ -733,7 +734,7 @@ async def test_daemon_dropped_place_answer_gives_exactly_one_order(
         task = await finished(daemon, await post_alert(http))
 
     assert task.state is TaskState.DONE
-    assert [o.custom_tag for o in state.orders()] == [f"td-{task.id}"]
+    assert [o.custom_tag for o in state.orders()] == [f"td-{task.id}-1"]
     assert state.call_count("Order/place") == 1
 
 
@@ -745,7 +746,12 @@ async def test_daemon_burst_over_rate_limit_no_429_no_lost_alert(
     count = 30
 
     async with running_daemon(
-        state, tmp_path, project_x_rate_limit=18, project_x_rate_window=2.0
+        state,
+        tmp_path,
+        project_x_rate_limit=18,
+        project_x_rate_window=2.0,
+        pyramiding=True,
+        max_pyramid=count,
     ) as (daemon, http):
         ids = [await post_alert(http, id=f"burst-{i}") for i in range(count)]
         tasks = [await finished(daemon, task_id, limit_s=20) for task_id in ids]
@@ -759,7 +765,7 @@ async def test_daemon_burst_over_rate_limit_no_429_no_lost_alert(
 
     assert [t.state for t in tasks] == [TaskState.DONE] * count
     assert sorted(o.custom_tag or "" for o in state.orders()) == sorted(
-        f"td-{i}" for i in ids
+        f"td-{i}-1" for i in ids
     )
     assert state.refused_429 == 0
     assert shown["dead_letters"] == []
@@ -795,7 +801,7 @@ async def test_daemon_follows_contract_roll(tmp_path: Path) -> None:
     """The active month changes between alerts: the second trades the new one."""
     state = ScriptedState()
 
-    async with running_daemon(state, tmp_path) as (daemon, http):
+    async with running_daemon(state, tmp_path, pyramiding=True) as (daemon, http):
         await finished(daemon, await post_alert(http, id="before-roll"))
         state.roll("F.US.MNQ")
         task = await finished(daemon, await post_alert(http, id="after-roll"))

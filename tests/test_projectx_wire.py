@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import pytest
 
-from trading_daemon.broker import OrderStatus, Side
-from trading_daemon.projectx_client import GatewayError, ProjectXError
+from trading_daemon.broker import Bracket, OrderRequest, OrderStatus, OrderType, Side
+from trading_daemon.projectx_client import GatewayError, Json, ProjectXError
 from trading_daemon.projectx_wire import (
+    BracketError,
     Symbols,
     active_contract,
     items,
     order,
+    order_fields,
     positions,
     refusal,
     trades,
@@ -173,3 +178,109 @@ def test_refusal_names_place_errors() -> None:
 
     assert refusal(closed) == "OutsideTradingHours (errorCode 5): the market is closed"
     assert refusal(other) == "errorCode 3"
+
+
+# -- order types and brackets (#5) ----------------------------------------------
+
+
+def request(side: Side, **fields: Any) -> OrderRequest:
+    return OrderRequest("MNQ", side, 1, "td-t-1", **fields)
+
+
+@pytest.mark.parametrize(
+    ("req", "fields"),
+    [
+        (
+            request(Side.BUY),
+            {"type": 2, "limitPrice": None, "stopPrice": None, "trailPrice": None},
+        ),
+        (
+            request(Side.SELL, order_type=OrderType.LIMIT, limit_price=21010.25),
+            {"type": 1, "limitPrice": 21010.25, "stopPrice": None, "trailPrice": None},
+        ),
+        (
+            request(Side.BUY, order_type=OrderType.STOP, stop_price=21050),
+            {"type": 4, "limitPrice": None, "stopPrice": 21050, "trailPrice": None},
+        ),
+    ],
+)
+def test_order_fields_type_and_prices(req: OrderRequest, fields: Json) -> None:
+    """Market 2, limit 1 with limitPrice, stop 4 with stopPrice."""
+    assert order_fields(req, 0.25) == fields
+
+
+@pytest.mark.parametrize(
+    ("side", "bracket", "stop_loss", "take_profit"),
+    [
+        (Side.BUY, Bracket(stop_loss_ticks=20, take_profit_ticks=40), -20, 40),
+        (Side.SELL, Bracket(stop_loss_ticks=20, take_profit_ticks=40), 20, -40),
+        (Side.BUY, Bracket(stop_loss_price=20995, take_profit_price=21010), -20, 40),
+        (Side.SELL, Bracket(stop_loss_price=21005, take_profit_price=20990), 20, -40),
+        # A price on the wrong side keeps its sign: the gateway refuses it.
+        (Side.BUY, Bracket(stop_loss_price=21010), 40, None),
+    ],
+)
+def test_order_fields_brackets_signed_by_side(
+    side: Side, bracket: Bracket, stop_loss: int, take_profit: int | None
+) -> None:
+    """Bracket ticks are signed by side; prices become ticks from the entry."""
+    fields = order_fields(
+        request(side, bracket=bracket, reference_price=21000.0), tick_size=0.25
+    )
+
+    assert fields["stopLossBracket"] == {"ticks": stop_loss, "type": 4}
+    expected = None if take_profit is None else {"ticks": take_profit, "type": 1}
+    assert fields.get("takeProfitBracket") == expected
+
+
+def test_order_fields_bracket_price_on_a_limit_counts_from_the_limit() -> None:
+    """A limit entry's bracket prices are measured from its limit price."""
+    req = request(
+        Side.BUY,
+        order_type=OrderType.LIMIT,
+        limit_price=20990,
+        bracket=Bracket(stop_loss_price=20980),
+    )
+
+    assert order_fields(req, 0.25)["stopLossBracket"] == {"ticks": -40, "type": 4}
+
+
+def test_order_fields_bracket_price_without_entry_price_is_refused() -> None:
+    """A market order's price bracket needs the alert's price to measure from."""
+    req = request(Side.BUY, bracket=Bracket(take_profit_price=21010))
+
+    with pytest.raises(BracketError, match="send price with a market order"):
+        order_fields(req, 0.25)
+
+
+def test_order_reads_type_price_and_trade_time() -> None:
+    """A resting limit order keeps its type and price; trades their timestamp."""
+    raw = {
+        "id": 7,
+        "contractId": "CON.F.US.MNQ.H25",
+        "status": 1,
+        "type": 1,
+        "side": 0,
+        "size": 1,
+        "limitPrice": 20990.5,
+        "customTag": "td-t-1",
+    }
+    traded = {
+        "trades": [
+            {
+                "id": 1,
+                "contractId": "CON.F.US.MNQ.H25",
+                "creationTimestamp": "2025-01-21T16:13:52.523293+00:00",
+                "price": 21000,
+                "side": 0,
+                "size": 1,
+                "orderId": 7,
+            }
+        ]
+    }
+
+    found = order(raw, Symbols())
+    [trade] = trades(traded, Symbols())
+
+    assert (found.order_type, found.price) == (OrderType.LIMIT, 20990.5)
+    assert trade.at == datetime(2025, 1, 21, 16, 13, 52, 523293, tzinfo=UTC)

@@ -4,6 +4,11 @@ TradingView sends the alert text as the body and labels it text/plain whenever
 the text is not valid JSON to it, so the body is parsed as JSON whatever the
 Content-Type says. Placeholders are plain text substitution: quantities arrive
 as "1" or "1.0", tickers as ``MNQ1!``, ``MNQZ2025`` or ``CME_MINI:MNQ1!``.
+
+Besides what to do, an alert may say how (order type, prices, a protective
+bracket), for which account, and what position the strategy means to hold
+(``market_position`` and ``market_position_size``, or a signed
+``position_size``): intent.py turns that into orders.
 """
 
 from __future__ import annotations
@@ -15,8 +20,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .broker import Bracket, OrderType
+
 MAX_QUANTITY = 10_000
 MAX_ID_LENGTH = 128
+MAX_ACCOUNT_LENGTH = 64
+MAX_BRACKET_TICKS = 100_000
 
 
 class AlertError(ValueError):
@@ -38,6 +47,15 @@ class Action(enum.StrEnum):
     BUY = "buy"
     SELL = "sell"
     CLOSE = "close"
+    REVERSE = "reverse"
+    CANCEL = "cancel"
+
+
+class Mode(enum.StrEnum):
+    """How an alert is read: as an order to act on, or as the position to hold."""
+
+    SIGNAL = "signal"
+    TARGET = "target"
 
 
 _ACTIONS = {
@@ -48,7 +66,11 @@ _ACTIONS = {
     "close": Action.CLOSE,
     "exit": Action.CLOSE,
     "flat": Action.CLOSE,
+    "reverse": Action.REVERSE,
+    "cancel": Action.CANCEL,
 }
+_MARKET_POSITIONS = {"long": 1, "short": -1, "flat": 0}
+_ORDER_TYPES = {t.value: t for t in OrderType}
 
 # Roots this daemon knows by name; other roots still parse by pattern.
 KNOWN_ROOTS = frozenset(
@@ -67,7 +89,11 @@ _ROOT = re.compile(r"^(?=.*[A-Z])[A-Z0-9]{1,6}$")
 
 @dataclass(frozen=True)
 class Signal:
-    """A validated alert: what to do, on which root symbol, how many contracts."""
+    """A validated alert: what to do, on which root symbol, how many contracts.
+
+    ``target`` is the signed position the strategy means to hold, when the
+    alert says so; ``mode`` is set only when the alert chose one itself.
+    """
 
     action: Action
     symbol: str
@@ -75,6 +101,14 @@ class Signal:
     alert_id: str | None = None
     raw_symbol: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    mode: Mode | None = None
+    target: int | None = None
+    order_type: OrderType = OrderType.MARKET
+    limit_price: float | None = None
+    stop_price: float | None = None
+    reference_price: float | None = None
+    bracket: Bracket | None = None
+    account: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -84,10 +118,20 @@ class Signal:
             "alert_id": self.alert_id,
             "raw_symbol": self.raw_symbol,
             "extra": self.extra,
+            "mode": None if self.mode is None else self.mode.value,
+            "target": self.target,
+            "order_type": self.order_type.value,
+            "limit_price": self.limit_price,
+            "stop_price": self.stop_price,
+            "reference_price": self.reference_price,
+            "bracket": None if self.bracket is None else self.bracket.as_dict(),
+            "account": self.account,
         }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Signal:
+        # Journals written before order intents lack the later keys.
+        mode = payload.get("mode")
         return cls(
             action=Action(payload["action"]),
             symbol=payload["symbol"],
@@ -95,6 +139,14 @@ class Signal:
             alert_id=payload.get("alert_id"),
             raw_symbol=payload.get("raw_symbol", ""),
             extra=dict(payload.get("extra") or {}),
+            mode=None if mode is None else Mode(mode),
+            target=payload.get("target"),
+            order_type=OrderType(payload.get("order_type", OrderType.MARKET)),
+            limit_price=payload.get("limit_price"),
+            stop_price=payload.get("stop_price"),
+            reference_price=payload.get("reference_price"),
+            bracket=Bracket.from_dict(payload.get("bracket")),
+            account=payload.get("account"),
         )
 
 
@@ -128,22 +180,54 @@ def parse_body(body: bytes) -> dict[str, Any]:
     return data
 
 
+_KNOWN_FIELDS = frozenset(
+    {
+        "action", "symbol", "ticker", "quantity", "qty", "id", "mode",
+        "market_position", "market_position_size", "position_size", "order_type",
+        "price", "limit_price", "stop_price", "stop_loss", "stop_loss_price",
+        "stop_loss_ticks", "take_profit", "take_profit_price", "take_profit_ticks",
+        "account",
+    }
+)  # fmt: skip
+
+
 def parse_signal(data: dict[str, Any]) -> Signal:
     """Validate a decoded alert into a Signal, or raise AlertError."""
     action = _action(data.get("action"))
     symbol, raw_symbol = _symbol(data.get("symbol", data.get("ticker")))
-    quantity = _quantity(data.get("quantity", data.get("qty")), required=action)
-    alert_id = _alert_id(data.get("id"))
-    known = {"action", "symbol", "ticker", "quantity", "qty", "id"}
-    extra = {k: v for k, v in data.items() if k not in known}
+    mode = _mode(data.get("mode"))
+    target = _target(data)
+    if mode is Mode.TARGET and target is None:
+        raise AlertError(
+            "mode target needs market_position (with market_position_size)"
+            " or position_size",
+            field="mode",
+        )
+    # A target alone says how much to trade; otherwise buy and sell need a size.
+    needs_quantity = action in (Action.BUY, Action.SELL) and (
+        target is None or mode is Mode.SIGNAL
+    )
+    quantity = _quantity(
+        data.get("quantity", data.get("qty")), action=action, required=needs_quantity
+    )
+    order_type, limit_price, stop_price = _order_type(data)
+    extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS}
 
     return Signal(
         action=action,
         symbol=symbol,
         quantity=quantity,
-        alert_id=alert_id,
+        alert_id=_alert_id(data.get("id")),
         raw_symbol=raw_symbol,
         extra=extra,
+        mode=mode,
+        target=target,
+        order_type=order_type,
+        limit_price=limit_price,
+        stop_price=stop_price,
+        reference_price=_price(data, "price"),
+        bracket=_bracket(data),
+        account=_account(data.get("account")),
     )
 
 
@@ -204,32 +288,13 @@ def _symbol(value: Any) -> tuple[str, str]:
     return normalise_symbol(value), value
 
 
-def _quantity(value: Any, *, required: Action) -> int | None:
+def _quantity(value: Any, *, action: Action, required: bool) -> int | None:
     if value is None:
-        if required is Action.CLOSE:
+        if not required:
             return None
-        raise AlertError(f"quantity is required for {required.value}", field="quantity")
+        raise AlertError(f"quantity is required for {action.value}", field="quantity")
 
-    number: float
-    if isinstance(value, bool):
-        number = math.nan
-    elif isinstance(value, int):
-        # Clamp so a 400-digit integer still gets the "at most" message
-        # instead of overflowing the float checks below.
-        number = float(max(min(value, 2**53), -(2**53)))
-    elif isinstance(value, float):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            # ASCII only: float() would also take other scripts' digits.
-            ok = len(text) <= 32 and text.isascii()
-            number = float(text) if ok else math.nan
-        except ValueError:
-            number = math.nan
-    else:
-        number = math.nan
-
+    number = _number(value)
     if not math.isfinite(number) or number != int(number) or number <= 0:
         raise AlertError(
             "quantity must be a positive whole number of contracts, "
@@ -244,6 +309,222 @@ def _quantity(value: Any, *, required: Action) -> int | None:
             value=value,
         )
     return int(number)
+
+
+def _number(value: Any) -> float:
+    """A JSON number or numeric string as a float; NaN for anything else."""
+    if isinstance(value, bool):
+        return math.nan
+    if isinstance(value, int):
+        # Clamp so a 400-digit integer still gets the "at most" message
+        # instead of overflowing the float checks after this.
+        return float(max(min(value, 2**53), -(2**53)))
+    if isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        # ASCII only: float() would also take other scripts' digits.
+        if len(text) > 32 or not text.isascii():
+            return math.nan
+        try:
+            return float(text)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+def _whole(value: Any, name: str, *, signed: bool = False) -> int:
+    """A whole number of contracts, 0 included; negative only if ``signed``."""
+    number = _number(value)
+    low = -MAX_QUANTITY if signed else 0
+    if not math.isfinite(number) or number != int(number) or number < low:
+        kind = "a whole number" if signed else "a whole number, 0 or more"
+        raise AlertError(
+            f"{name} must be {kind} of contracts, got {_shown(value)}",
+            field=name,
+            value=value,
+        )
+    if abs(number) > MAX_QUANTITY:
+        raise AlertError(
+            f"{name} must be at most {MAX_QUANTITY} contracts, got {_shown(value)}",
+            field=name,
+            value=value,
+        )
+    return int(number)
+
+
+def _mode(value: Any) -> Mode | None:
+    if value is None:
+        return None
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in ("signal", "target"):
+        raise AlertError(
+            f"mode must be signal or target, got {_shown(value)}",
+            field="mode",
+            value=value,
+        )
+    return Mode(text)
+
+
+def _target(data: dict[str, Any]) -> int | None:
+    """The signed position the strategy holds after this alert, if it says."""
+    position = data.get("market_position")
+    size = data.get("market_position_size")
+    signed = data.get("position_size")
+    target: int | None = None
+
+    if position is not None:
+        text = position.strip().lower() if isinstance(position, str) else None
+        if text not in _MARKET_POSITIONS:
+            raise AlertError(
+                f"market_position must be long, short or flat, got {_shown(position)}",
+                field="market_position",
+                value=position,
+            )
+        direction = _MARKET_POSITIONS[text]
+        amount = 0 if size is None else _whole(size, "market_position_size")
+        if direction and not amount:
+            raise AlertError(
+                f"market_position {text} needs a market_position_size of 1 or more,"
+                f" got {_shown(size)}",
+                field="market_position_size",
+                value=size,
+            )
+        if not direction and amount:
+            raise AlertError(
+                "market_position flat needs market_position_size 0,"
+                f" got {_shown(size)}",
+                field="market_position_size",
+                value=size,
+            )
+        target = direction * amount
+    elif size is not None:
+        raise AlertError(
+            "market_position_size needs market_position (long, short or flat)",
+            field="market_position",
+        )
+
+    if signed is not None:
+        from_signed = _whole(signed, "position_size", signed=True)
+        if target is not None and target != from_signed:
+            raise AlertError(
+                f"position_size {from_signed} contradicts market_position"
+                f" {position!s} {size!s}",
+                field="position_size",
+                value=signed,
+            )
+        target = from_signed
+    return target
+
+
+def _price(data: dict[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    number = _number(value)
+    if not math.isfinite(number) or number <= 0:
+        raise AlertError(
+            f"{name} must be a positive price, got {_shown(value)}",
+            field=name,
+            value=value,
+        )
+    return number
+
+
+def _order_type(data: dict[str, Any]) -> tuple[OrderType, float | None, float | None]:
+    """The entry's order type with its limit and stop prices."""
+    raw = data.get("order_type")
+    limit_price = _price(data, "limit_price")
+    stop_price = _price(data, "stop_price")
+    if limit_price is not None and stop_price is not None:
+        raise AlertError(
+            "limit_price and stop_price together make a stop-limit order,"
+            " which is not supported",
+            field="stop_price",
+        )
+
+    if raw is None:
+        if limit_price is not None:
+            return OrderType.LIMIT, limit_price, None
+        if stop_price is not None:
+            return OrderType.STOP, None, stop_price
+        return OrderType.MARKET, None, None
+    kind = _ORDER_TYPES.get(raw.strip().lower()) if isinstance(raw, str) else None
+    if kind is None:
+        raise AlertError(
+            f"order_type must be market, limit or stop, got {_shown(raw)}",
+            field="order_type",
+            value=raw,
+        )
+
+    if kind is OrderType.LIMIT:
+        # TradingView's {{strategy.order.price}} usually arrives as "price".
+        limit_price = limit_price or _price(data, "price")
+        if limit_price is None:
+            raise AlertError(
+                "order_type limit needs limit_price (or price)", field="limit_price"
+            )
+    elif kind is OrderType.STOP and stop_price is None:
+        raise AlertError("order_type stop needs stop_price", field="stop_price")
+    for name, price, wanted in (
+        ("limit_price", limit_price, OrderType.LIMIT),
+        ("stop_price", stop_price, OrderType.STOP),
+    ):
+        if price is not None and kind is not wanted:
+            raise AlertError(
+                f"{name} does not go with order_type {kind.value}", field=name
+            )
+    return kind, limit_price, stop_price
+
+
+def _bracket(data: dict[str, Any]) -> Bracket | None:
+    legs: dict[str, Any] = {}
+    for leg in ("stop_loss", "take_profit"):
+        ticks_name = f"{leg}_ticks"
+        prices = [n for n in (leg, f"{leg}_price") if data.get(n) is not None]
+        if len(prices) > 1:
+            raise AlertError(f"give {leg} or {leg}_price, not both", field=leg)
+        price = _price(data, prices[0]) if prices else None
+        ticks = data.get(ticks_name)
+        if ticks is not None and price is not None:
+            raise AlertError(
+                f"{leg} is given in ticks and as a price; give one", field=ticks_name
+            )
+        if ticks is not None:
+            number = _number(ticks)
+            if not (
+                math.isfinite(number)
+                and number == int(number)
+                and 1 <= number <= MAX_BRACKET_TICKS
+            ):
+                raise AlertError(
+                    f"{ticks_name} must be a whole number of ticks from 1 to"
+                    f" {MAX_BRACKET_TICKS}, got {_shown(ticks)}",
+                    field=ticks_name,
+                    value=ticks,
+                )
+            legs[ticks_name] = int(number)
+        if price is not None:
+            legs[f"{leg}_price"] = price
+    return Bracket(**legs) if legs else None
+
+
+def _account(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise AlertError(
+            f"account must be an account name or id, got {_shown(value)}",
+            field="account",
+            value=value,
+        )
+    text = str(value).strip()
+    if not text or len(text) > MAX_ACCOUNT_LENGTH:
+        raise AlertError(
+            f"account must be 1 to {MAX_ACCOUNT_LENGTH} characters, got {len(text)}",
+            field="account",
+        )
+    return text
 
 
 def _alert_id(value: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -18,6 +19,12 @@ class Side(enum.StrEnum):
     @property
     def opposite(self) -> Side:
         return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
 
 
 class OrderStatus(enum.StrEnum):
@@ -41,18 +48,45 @@ class BrokerSetupError(Exception):
 
 
 @dataclass(frozen=True)
+class Bracket:
+    """Protective exits placed with an entry: each leg in ticks or at a price.
+
+    Ticks are distances from the entry's fill, always positive here; a broker
+    that wants them signed by side (ProjectX) signs them itself.
+    """
+
+    stop_loss_ticks: int | None = None
+    take_profit_ticks: int | None = None
+    stop_loss_price: float | None = None
+    take_profit_price: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Bracket | None:
+        return cls(**data) if data else None
+
+
+@dataclass(frozen=True)
 class OrderRequest:
-    """A market order for ``size`` contracts of ``symbol`` (a root such as MNQ).
+    """An order for ``size`` contracts of ``symbol`` (a root such as MNQ).
 
     ``client_id`` is deterministic for the task that places the order: a broker
     that has seen it already answers with the earlier order instead of placing a
-    second one.
+    second one. ``reference_price`` is the price a market order is expected
+    near (the alert's price), from which a bracket given in prices is measured.
     """
 
     symbol: str
     side: Side
     size: int
     client_id: str
+    order_type: OrderType = OrderType.MARKET
+    limit_price: float | None = None
+    stop_price: float | None = None
+    bracket: Bracket | None = None
+    reference_price: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +99,9 @@ class OrderResult:
     status: OrderStatus
     filled_size: int = 0
     fill_price: float | None = None
+    order_type: OrderType = OrderType.MARKET
+    # The limit or stop price of a resting order.
+    price: float | None = None
 
     @property
     def partially_filled(self) -> bool:
@@ -108,6 +145,8 @@ class Trade:
     price: float
     profit_and_loss: float | None = None
     fees: float = 0.0
+    # When it happened (UTC), which places it in an exchange trading day.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +214,12 @@ class Broker(Protocol):
 
     async def open_orders(self) -> list[OrderResult]: ...
 
-    async def positions(self) -> list[Position]: ...
+    async def positions(self, *, fresh: bool = False) -> list[Position]:
+        """Every open position; ``fresh`` reads the broker now or raises.
+
+        Without ``fresh`` a recent read may answer (what /status needs).
+        """
+        ...
 
     async def position(self, symbol: str) -> Position: ...
 

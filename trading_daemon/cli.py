@@ -1,9 +1,10 @@
-"""The command line: ``trading-daemon serve | send | status | check-config``."""
+"""The command line: ``trading-daemon serve | send | status | halt | resume | ...``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,12 +28,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(config_file=args.config)
     except ConfigError as exc:
-        print(f"trading-daemon: configuration error: {exc}", file=sys.stderr)
+        _fatal(f"configuration error: {exc}")
         return EXIT_CONFIG
 
     command: Any = args.handler
-    result: int = command(settings, args)
+    try:
+        result: int = command(settings, args)
+    except BrokenPipeError:
+        # `trading-daemon status --json | head`: the reader left; not an error.
+        # Point stdout at /dev/null so the final flush at exit stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
+
+
+def _fatal(text: str) -> None:
+    """Print why the daemon cannot start, as an error journald can filter on."""
+    from .logs import stderr_is_journal
+
+    # Under systemd stderr is the journal: "<3>" files the line at priority
+    # err, so `journalctl -p err` shows why the service would not start.
+    prefix = "<3>" if stderr_is_journal() else ""
+    print(f"{prefix}trading-daemon: {text}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--url", help="daemon base URL (default: from configuration)")
     replay.set_defaults(handler=_replay)
 
+    halt = sub.add_parser(
+        "halt", help="kill switch: cancel orders, flatten, refuse entries"
+    )
+    halt.add_argument("--url", help="daemon base URL (default: from configuration)")
+    halt.set_defaults(handler=_halt)
+
+    resume = sub.add_parser("resume", help="accept entries again after a halt")
+    resume.add_argument("--url", help="daemon base URL (default: from configuration)")
+    resume.set_defaults(handler=_resume)
+
     sim = sub.add_parser(
         "simulate-projectx",
         help="run a local ProjectX Gateway simulator until SIGINT or SIGTERM",
@@ -105,7 +132,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         daemon = Daemon(settings)
     except JournalError as exc:
-        print(f"trading-daemon: startup error: {exc}", file=sys.stderr)
+        _fatal(f"startup error: {exc}")
         return EXIT_CONFIG
     try:
         trio.run(daemon.run)
@@ -114,13 +141,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         listen = _find_listen_error(exc)
         if listen is not None:
-            print(f"trading-daemon: startup error: {listen}", file=sys.stderr)
+            _fatal(f"startup error: {listen}")
             return EXIT_CONFIG
         refused = _find_broker_setup_error(exc)
         if refused is not None:
             # Bad credentials or an account that may not trade: a restart
             # will not fix it, so it exits like a configuration error.
-            print(f"trading-daemon: broker error: {refused}", file=sys.stderr)
+            _fatal(f"broker error: {refused}")
             return EXIT_CONFIG
         logger.opt(exception=exc).bind(error=_reason(exc)).critical("daemon.crashed")
         return EXIT_CRASH
@@ -195,13 +222,16 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     url = _base_url(settings, args.url) + "/webhook"
     # text/plain, as TradingView sends alerts it cannot recognise as JSON.
     headers = {"Content-Type": "text/plain", **sender_headers(settings, body.encode())}
-    started = time.perf_counter()
-    try:
-        response = httpx.post(url, content=body, headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"trading-daemon send: cannot reach {url}: {exc}", file=sys.stderr)
-        return EXIT_CRASH
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    # The client is built before the clock starts: building one loads the
+    # CA bundle (about 100 ms), which is no part of the daemon's answer.
+    with httpx.Client(timeout=10) as client:
+        started = time.perf_counter()
+        try:
+            response = client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            print(f"trading-daemon send: cannot reach {url}: {exc}", file=sys.stderr)
+            return EXIT_CRASH
+        elapsed_ms = (time.perf_counter() - started) * 1000
 
     print(f"{response.status_code} {response.text.strip()}")
     print(f"round trip: {elapsed_ms:.1f} ms")
@@ -241,6 +271,12 @@ def format_status(data: dict[str, Any]) -> str:
             f"position  {p['symbol']:<6} {p['side']:<5} {abs(p['size'])} "
             f"@ {p['average_price']:g}  realized {p['realized_pnl']:+.2f}"
         )
+    if data.get("halted"):
+        lines.append("halted    entries refused until `trading-daemon resume`")
+    for r in (data.get("risk_refusals") or [])[:5]:
+        lines.append(
+            f"refused   {r['account']} {r['symbol']} {r['guard']}: {r['reason']}"
+        )
     for t in data.get("dead_letters") or []:
         lines.append(f"dead      {t['id']} {t['kind']}: {t['last_error']}")
     return "\n".join(lines)
@@ -267,6 +303,22 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     if data is None:
         return EXIT_CRASH
     print(f"{data['id']} {data['status']}")
+    return 0
+
+
+def _halt(settings: Settings, args: argparse.Namespace) -> int:
+    data = _request(settings, args.url, "POST", "/halt", show_errors=True)
+    if data is None:
+        return EXIT_CRASH
+    print(f"halted; flatten task {data.get('id', '-')} {data['status']}")
+    return 0
+
+
+def _resume(settings: Settings, args: argparse.Namespace) -> int:
+    data = _request(settings, args.url, "POST", "/resume", show_errors=True)
+    if data is None:
+        return EXIT_CRASH
+    print("resumed: entries are accepted again")
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from .auth import MIN_SECRET_LENGTH, parse_networks, signing_key
 from .priority import Priority
+from .risk import parse_hours
 
 SECRET_MASK = "********"
 
@@ -89,6 +90,18 @@ class Settings:
     risk_update_interval: float = 60.0
     metrics_interval: float = 60.0
     cleanup_interval: float = 3600.0
+
+    # What an alert means (intent.py) and the limits entries must pass (risk.py).
+    default_mode: str = "signal"
+    pyramiding: bool = False
+    max_pyramid: int = 3
+    # 0 turns a limit off.
+    max_order_size: int = 0
+    max_position: int = 0
+    max_daily_loss: float = 0.0
+    trading_hours: str = "cme-globex"
+    # (name, size multiplier) per account; empty: the broker's one account.
+    accounts: tuple[tuple[str, float], ...] = ()
 
     paper_prices: Mapping[str, float] = field(default_factory=dict)
     paper_default_price: float = 100.0
@@ -175,6 +188,7 @@ _ENV_NAMES = {
 }
 
 BROKERS = ("paper", "projectx")
+MODES = ("signal", "target")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -317,6 +331,8 @@ def _convert(name: str, source: str, value: object) -> Any:
         return _parse_bool(source, value, shown)
     if kind == "tuple[str, ...]":
         return _parse_list(value)
+    if kind == "tuple[tuple[str, float], ...]":
+        return _parse_accounts(source, value)
     return str(value)
 
 
@@ -369,6 +385,36 @@ def _parse_prices(source: str, value: object) -> dict[str, float]:
             raise ConfigError(f"{source} entries need a root symbol, got {price!r}")
         prices[root.strip().upper()] = number
     return prices
+
+
+def _parse_accounts(source: str, value: object) -> tuple[tuple[str, float], ...]:
+    """Parse ``main=1.0,eval2=0.5`` (or a TOML table) into (name, multiplier)."""
+    if isinstance(value, dict):
+        entries = [(str(k), v) for k, v in value.items()]
+    else:
+        entries = []
+        for part in (p.strip() for p in str(value).split(",")):
+            if part:
+                name, sep, multiplier = part.partition("=")
+                entries.append((name, multiplier if sep else "1"))
+    accounts: dict[str, float] = {}
+    for name, multiplier in entries:
+        name = name.strip()
+        try:
+            number = float(str(multiplier).strip())
+        except ValueError:
+            number = math.nan
+        if not name:
+            raise ConfigError(f"{source} entries need an account name, got {value!r}")
+        if not math.isfinite(number) or number <= 0:
+            raise ConfigError(
+                f"{source} multiplier for {name!r} must be a positive number,"
+                f" got {multiplier!r}"
+            )
+        if name.casefold() in (known.casefold() for known in accounts):
+            raise ConfigError(f"{source} names account {name!r} twice")
+        accounts[name] = number
+    return tuple(accounts.items())
 
 
 def _parse_symbols(source: str, value: object) -> dict[str, str]:
@@ -455,6 +501,7 @@ def _check(s: Settings) -> None:
         raise fail("broker", f"must be one of {', '.join(BROKERS)}")
     if s.log_level.upper() not in LOG_LEVELS:
         raise fail("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    _check_trading(s)
     if s.broker == "projectx":
         for name in ("project_x_username", "project_x_api_key"):
             if not getattr(s, name):
@@ -462,6 +509,27 @@ def _check(s: Settings) -> None:
                     f"{env_name(name)} is required when TRADING_BROKER=projectx"
                 )
     _check_http(s)
+
+
+def _check_trading(s: Settings) -> None:
+    """Order intent and risk limits (intent.py, risk.py)."""
+
+    def fail(name: str, rule: str) -> ConfigError:
+        return ConfigError(
+            f"{env_name(name)} {rule}, got {_shown(name, getattr(s, name))}"
+        )
+
+    if s.default_mode not in MODES:
+        raise fail("default_mode", f"must be one of {', '.join(MODES)}")
+    if s.max_pyramid < 1:
+        raise fail("max_pyramid", "must be at least 1")
+    for name in ("max_order_size", "max_position", "max_daily_loss"):
+        if getattr(s, name) < 0:
+            raise fail(name, "must be 0 (off) or more")
+    try:
+        parse_hours(s.trading_hours)
+    except ValueError as exc:
+        raise ConfigError(f"{env_name('trading_hours')} {exc}") from None
 
 
 def _check_http(s: Settings) -> None:

@@ -30,11 +30,14 @@ import trio
 from loguru import logger
 
 from . import __version__
+from .accounts import Accounts, account_specs, make_brokers
+from .alerts import Mode
 from .auth import WebhookAuth
 from .broker import Broker
 from .config import Settings
 from .dedup import Deduplicator
-from .execution import EXECUTE_SIGNAL, Executor
+from .execution import EXECUTE_SIGNAL, FLATTEN_ALL, Executor
+from .intent import IntentSettings
 from .jobs import (
     CLEANUP,
     FILL_CHECK,
@@ -44,39 +47,57 @@ from .jobs import (
     PeriodicJob,
     run_periodic,
 )
-from .journal import UNFINISHED, Journal, RecoveryReport
+from .journal import HALTED, UNFINISHED, Journal, RecoveryReport
 from .metrics import Metrics
 from .notify import Notifier
-from .paper_broker import PaperBroker
 from .priority import Priority
+from .risk import RiskGuard, RiskLimits, parse_hours
 from .scheduler import Scheduler, SchedulerConfig
 from .tasks import Task, TaskState
 from .webhook import Intake
 
 
-def make_broker(settings: Settings, journal: Journal) -> Broker:
-    if settings.broker == "projectx":
-        from .projectx_broker import ProjectXBroker
-
-        return ProjectXBroker.from_settings(settings)
-    return PaperBroker(
-        settings.paper_prices,
-        default_price=settings.paper_default_price,
-        balance=settings.paper_balance,
-        fill_delay=settings.paper_fill_delay,
-        journal=journal,
-    )
-
-
 class Daemon:
     """Owns every part of a running daemon and the figures /status shows."""
 
-    def __init__(self, settings: Settings, *, broker: Broker | None = None) -> None:
-        """Open the journal and build every part; raises JournalError on bad state."""
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker: Broker | None = None,
+        brokers: dict[str, Broker] | None = None,
+        risk: RiskGuard | None = None,
+    ) -> None:
+        """Open the journal and build every part; raises JournalError on bad state.
+
+        ``broker`` stands in for the default account's broker, ``brokers`` for
+        every account's, by name (tests); ``risk`` for the guards.
+        """
         self.settings = settings
         self.metrics = Metrics()
         self.journal = Journal(settings.state_dir)
-        self.broker = broker or make_broker(settings, self.journal)
+        specs = account_specs(settings)
+        if brokers is None:
+            brokers = (
+                {specs[0].name: broker}
+                if broker is not None
+                else make_brokers(settings, self.journal)
+            )
+        self.accounts = Accounts(brokers, specs)
+        # One dict shared with the executor and the jobs.
+        self.brokers = self.accounts.brokers
+        # The default account's broker.
+        self.broker = self.accounts.broker(None)
+        self.risk = risk or RiskGuard(
+            RiskLimits(
+                max_order_size=settings.max_order_size,
+                max_position=settings.max_position,
+                max_daily_loss=settings.max_daily_loss,
+                hours=parse_hours(settings.trading_hours),
+            )
+        )
+        # The kill switch holds across restarts until POST /resume.
+        self.risk.halted = self.journal.flag(HALTED) == "true"
         self.scheduler = Scheduler(
             SchedulerConfig(
                 workers=settings.workers,
@@ -99,19 +120,31 @@ class Daemon:
             self.broker.name,
             getattr(self.broker, "errors", {}),
         )
-        self.executor = Executor(self.broker, self.metrics)
+        self.executor = Executor(
+            self.accounts,
+            self.journal,
+            self.risk,
+            IntentSettings(
+                default_mode=Mode(settings.default_mode),
+                pyramiding=settings.pyramiding,
+                max_pyramid=settings.max_pyramid,
+            ),
+            metrics=self.metrics,
+        )
         self.scheduler.register(EXECUTE_SIGNAL, self.executor.execute_signal)
+        self.scheduler.register(FLATTEN_ALL, self.executor.flatten_all)
         retention_s = settings.retention_days * 86400
         self.dedup = Deduplicator(
             window_s=settings.dedup_window, retention_s=retention_s
         )
         self.jobs = JobHandlers(
-            self.broker,
+            self.brokers,
             self.scheduler,
             self.journal,
             self.dedup,
             retention_s,
             metrics=self.metrics,
+            cancelled_by_daemon=self.executor.cancelled,
         )
         self.jobs.register()
         self.intake = Intake(
@@ -120,6 +153,7 @@ class Daemon:
             self.dedup,
             max_body_bytes=settings.max_body_bytes,
             auth=WebhookAuth.from_settings(settings),
+            accounts=self.accounts,
         )
         self.recovery = RecoveryReport()
         self.notifier = Notifier()
@@ -152,7 +186,7 @@ class Daemon:
     def status_line(self) -> str:
         """One line for systemd's STATUS= (shown by `systemctl status`)."""
         q = self.scheduler.snapshot()
-        return (
+        return ("stopping: " if self.stopping else "") + (
             f"{q['queue_size']} queued, {q['active_tasks']} running, "
             f"{q['tasks_completed']} completed, {q['tasks_dead']} dead"
         )
@@ -168,14 +202,28 @@ class Daemon:
         }
 
     async def status(self, *, recent: int = 20) -> dict[str, Any]:
-        positions = await self.broker.positions()
+        positions = [
+            {"account": name, **p.as_dict()}
+            for name, broker in self.brokers.items()
+            for p in await broker.positions()
+            if p.size or p.realized_pnl
+        ]
         oldest = await self.journal.oldest_unfinished()
         return {
             **self.health(),
             "broker": self.broker.name,
+            "halted": self.risk.halted,
             "task_queue_stats": self.scheduler.snapshot(),
-            "positions": [p.as_dict() for p in positions if p.size or p.realized_pnl],
+            "positions": positions,
             "account": self.jobs.account,
+            "accounts": {
+                name: {
+                    "multiplier": self.accounts.multipliers[name],
+                    **self.jobs.accounts.get(name, {}),
+                }
+                for name in self.accounts.names
+            },
+            "risk_refusals": [r.as_dict() for r in reversed(self.risk.refusals)],
             "journal": {
                 "path": str(self.journal.path),
                 "size_bytes": self.journal.size_bytes(),
@@ -242,6 +290,27 @@ class Daemon:
         logger.bind(task_id=task_id).info("task.replayed")
         return task
 
+    async def halt(self) -> Task:
+        """The kill switch: refuse entries from now on, then flatten everything.
+
+        The flag is set before this returns, so an entry queued behind it is
+        refused when it runs; the flatten is CRITICAL and has no lane, so it
+        does not wait behind alerts, and internal, so a full queue cannot keep
+        it out. Flag and task are journaled together: both survive a restart.
+        """
+        self.risk.halted = True
+        task = Task(kind=FLATTEN_ALL, priority=Priority.CRITICAL, durable=True)
+        await self.journal.record_tasks([task], flags={HALTED: "true"})
+        self.scheduler.submit(task, internal=True)
+        logger.bind(task_id=task.id).warning("risk.halted")
+        return task
+
+    async def resume(self) -> None:
+        """Lift the kill switch: entries may go out again."""
+        await self.journal.set_flag(HALTED, "false")
+        self.risk.halted = False
+        logger.info("risk.resumed")
+
     async def run(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -254,9 +323,10 @@ class Daemon:
             journal_done = trio.Event()
             nursery.start_soon(self._run_journal, journal_done)
             self.recovery = self.recover()
-            # The broker is the truth: log in, check the account and read its
+            # The broker is the truth: log in, check each account and read its
             # positions and orders before any task or request can trade.
-            await self.broker.start()
+            for broker in self.brokers.values():
+                await broker.start()
             await nursery.start(self.scheduler.run)
             http_done = trio.Event()
             port: int = await nursery.start(serve_http, self, http_done)
@@ -290,7 +360,8 @@ class Daemon:
             # Drained and flushed: only the signal listener is left.
             nursery.cancel_scope.cancel()
 
-        await self.broker.aclose()
+        for broker in self.brokers.values():
+            await broker.aclose()
         self.notifier.close()
         s = self.scheduler.stats
         logger.bind(completed=s.completed, cancelled=s.cancelled, dead=s.dead).info(

@@ -100,6 +100,26 @@ def create_app(daemon: Daemon) -> QuartTrio:
             )
         return reply(Reply(202, {"id": task.id, "status": "queued"}))
 
+    @app.post("/halt")
+    async def halt() -> Response:
+        refusal = screen(needs_admin=True)
+        if refusal is not None:
+            return reply(refusal)
+        try:
+            task = await daemon.halt()
+        except SchedulerClosed:
+            # Halted and journaled: the flatten runs when the daemon starts.
+            return reply(Reply(202, {"halted": True, "status": "flatten at restart"}))
+        return reply(Reply(202, {"halted": True, "id": task.id, "status": "queued"}))
+
+    @app.post("/resume")
+    async def resume() -> Response:
+        refusal = screen(needs_admin=True)
+        if refusal is not None:
+            return reply(refusal)
+        await daemon.resume()
+        return reply(Reply(200, {"halted": False}))
+
     @app.get("/metrics")
     async def metrics() -> Response:
         if request.args.get("format") == "json":

@@ -8,6 +8,7 @@ finished yet is skipped for that tick rather than piled up behind itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,16 +52,20 @@ class JobHandlers:
 
     def __init__(
         self,
-        broker: Broker,
+        brokers: Mapping[str, Broker],
         scheduler: Scheduler,
         journal: Journal,
         dedup: Deduplicator,
         retention_s: float,
         *,
         metrics: Metrics | None = None,
+        cancelled_by_daemon: Container[str] = (),
     ) -> None:
-        self._broker = broker
+        """``brokers`` holds each account's broker by name, the default first."""
+        self._brokers = brokers
         self._metrics = metrics
+        # Order ids the daemon cancelled itself: not the broker's verdict.
+        self._cancelled_by_daemon = cancelled_by_daemon
         # Orders the broker ended unfilled whose task is still running: its
         # own finish would overwrite the mark, so it waits for the next check.
         self._unmarked: list[OrderResult] = []
@@ -68,18 +73,30 @@ class JobHandlers:
         self._journal = journal
         self._dedup = dedup
         self._retention_s = retention_s
+        # The default account's summary, and every account's by name.
         self.account: dict[str, Any] = {}
+        self.accounts: dict[str, dict[str, Any]] = {}
         self.last_snapshot: dict[str, Any] = {}
 
     async def fill_check(self, task: Task) -> str:
-        report = await self._broker.check_fills()
-        if self._metrics is not None:
-            for trade in report.trades:
-                fills = self._metrics.fills.labels(self._broker.name, trade.symbol)
-                fills.inc(trade.size)
-        self._unmarked += [o for o in report.ended if task_id_for(o.client_id)]
+        summaries = []
+        for name, broker in self._brokers.items():
+            report = await broker.check_fills()
+            if self._metrics is not None:
+                for trade in report.trades:
+                    fills = self._metrics.fills.labels(broker.name, trade.symbol)
+                    fills.inc(trade.size)
+            self._unmarked += [
+                o
+                for o in report.ended
+                if task_id_for(o.client_id)
+                and o.order_id not in self._cancelled_by_daemon
+            ]
+            prefix = f"{name}: " if len(self._brokers) > 1 else ""
+            summaries.append(prefix + report.summary())
         marked = await self._mark_ended_orders()
-        return report.summary() + (f", {marked} tasks marked dead" if marked else "")
+        summary = "; ".join(summaries)
+        return summary + (f", {marked} tasks marked dead" if marked else "")
 
     async def _mark_ended_orders(self) -> int:
         """Make dead letters of tasks whose order the broker cancelled or rejected.
@@ -121,9 +138,15 @@ class JobHandlers:
         return marked
 
     async def risk_update(self, task: Task) -> str:
-        self.account = await self._broker.account_summary()
-        self.account["updated"] = time.time()
-        return f"balance {self.account.get('balance')}"
+        for name, broker in self._brokers.items():
+            summary = await broker.account_summary()
+            summary["updated"] = time.time()
+            self.accounts[name] = summary
+        self.account = next(iter(self.accounts.values()), {})
+        return ", ".join(
+            f"{name} balance {summary.get('balance')}"
+            for name, summary in self.accounts.items()
+        )
 
     async def metrics_snapshot(self, task: Task) -> str:
         snapshot = self._scheduler.snapshot()

@@ -58,18 +58,37 @@ CREATE TABLE IF NOT EXISTS dedup (
     task_id TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS opened (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS paper_orders (
     client_id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    account TEXT NOT NULL DEFAULT 'paper'
 );
 CREATE TABLE IF NOT EXISTS paper_books (
-    symbol TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    symbol TEXT NOT NULL,
     size INTEGER NOT NULL,
     average_price REAL NOT NULL,
-    realized_pnl REAL NOT NULL
+    realized_pnl REAL NOT NULL,
+    PRIMARY KEY (account, symbol)
+);
+CREATE TABLE IF NOT EXISTS intents (
+    task_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flags (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
 );
 """
+# The kill switch (POST /halt) outlives a restart: it is a flag in the journal.
+HALTED = "halted"
 
 Op = Callable[[sqlite3.Connection], Any]
 
@@ -198,19 +217,58 @@ class Journal:
         self, task: Task, *, dedup_key: str | None = None, dedup_ttl: float = 0.0
     ) -> None:
         """Durably record a new task (and its dedup key) before it is acknowledged."""
-        row = _task_row(task)
+        await self.record_tasks([task], dedup_key=dedup_key, dedup_ttl=dedup_ttl)
+
+    async def record_tasks(
+        self,
+        tasks: list[Task],
+        *,
+        dedup_key: str | None = None,
+        dedup_ttl: float = 0.0,
+        flags: dict[str, str] | None = None,
+    ) -> None:
+        """Record new tasks, their dedup key and flags in one commit: all or none.
+
+        One alert fanned out to several accounts is one write, so a crash can
+        never leave some of its accounts' tasks behind without the others.
+        """
+        rows = [_task_row(task) for task in tasks]
         now = time.time()
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_TASK, row)
+            conn.executemany(_INSERT_TASK, rows)
             if dedup_key is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO dedup (key, task_id, expires)"
                     " VALUES (?, ?, ?)",
-                    (dedup_key, task.id, now + dedup_ttl),
+                    (dedup_key, tasks[0].id, now + dedup_ttl),
                 )
+            for name, value in (flags or {}).items():
+                conn.execute(_SET_FLAG, (name, value, now))
 
         await self.write(op)
+
+    async def record_intent(self, task_id: str, intent: dict[str, Any]) -> None:
+        """Durably record what a task decided, before it sends any order."""
+        body = json.dumps(intent)
+        await self.write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO intents (task_id, body, created)"
+                " VALUES (?, ?, ?)",
+                (task_id, body, time.time()),
+            )
+        )
+
+    async def set_flag(self, name: str, value: str) -> None:
+        await self.write(
+            lambda conn: conn.execute(_SET_FLAG, (name, value, time.time()))
+        )
+
+    def flag(self, name: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT value FROM flags WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def task_changed(self, task: Task) -> None:
         """Scheduler hook: persist a state change (shutdown cancellations excepted)."""
@@ -225,7 +283,7 @@ class Journal:
         """Tasks a previous run left unfinished, with their wall-clock not-before."""
         placeholders = ",".join("?" for _ in UNFINISHED)
         rows = self._conn.execute(
-            f"SELECT * FROM tasks WHERE state IN ({placeholders}) ORDER BY created",
+            f"{_SELECT_TASKS} WHERE state IN ({placeholders}) ORDER BY created",
             [s.value for s in UNFINISHED],
         ).fetchall()
         return [(_task_from_row(row), float(row["not_before"])) for row in rows]
@@ -239,7 +297,7 @@ class Journal:
     async def dead_letters(self, limit: int = 500) -> list[dict[str, Any]]:
         def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = conn.execute(
-                "SELECT * FROM tasks WHERE state = ? ORDER BY finished DESC LIMIT ?",
+                f"{_SELECT_TASKS} WHERE state = ? ORDER BY finished DESC LIMIT ?",
                 (TaskState.DEAD.value, limit),
             ).fetchall()
             return [_task_from_row(row).summary() for row in rows]
@@ -249,9 +307,7 @@ class Journal:
 
     async def load_task(self, task_id: str) -> Task | None:
         def query(conn: sqlite3.Connection) -> Task | None:
-            row = conn.execute(
-                "SELECT * FROM tasks WHERE id = ?", (task_id,)
-            ).fetchone()
+            row = conn.execute(f"{_SELECT_TASKS} WHERE id = ?", (task_id,)).fetchone()
             return _task_from_row(row) if row else None
 
         task: Task | None = await self.read(query)
@@ -274,7 +330,17 @@ class Journal:
                 " AND COALESCE(finished, updated) < ?",
                 [*(s.value for s in FINISHED), cutoff],
             ).rowcount
-            conn.execute("DELETE FROM dedup WHERE expires < ?", (time.time(),))
+            # A key outlives its expiry while its task is unfinished: a resend
+            # then must still find the first task, not start a second one.
+            unfinished = ",".join("?" for _ in UNFINISHED)
+            conn.execute(
+                "DELETE FROM dedup WHERE expires < ? AND task_id NOT IN"
+                f" (SELECT id FROM tasks WHERE state IN ({unfinished}))",
+                [time.time(), *(s.value for s in UNFINISHED)],
+            )
+            conn.execute(
+                "DELETE FROM intents WHERE task_id NOT IN (SELECT id FROM tasks)"
+            )
             return int(deleted)
 
         pruned: int = await self.write(op)
@@ -303,33 +369,58 @@ class Journal:
 
     # -- paper account -----------------------------------------------------
 
-    def paper_state(self) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    def paper_state(
+        self, account: str
+    ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+        """One paper account's orders (oldest first) and books."""
         orders = [
             json.loads(body)
             for (body,) in self._conn.execute(
-                "SELECT body FROM paper_orders ORDER BY created"
+                "SELECT body FROM paper_orders WHERE account = ?"
+                " ORDER BY created, rowid",
+                (account,),
             )
         ]
         books = self._conn.execute(
             "SELECT symbol, size, average_price, realized_pnl FROM paper_books"
+            " WHERE account = ?",
+            (account,),
         ).fetchall()
         return orders, books
 
-    async def record_paper_fill(
-        self, client_id: str, order: dict[str, Any], book: tuple[str, int, float, float]
+    async def record_paper(
+        self,
+        account: str,
+        orders: list[tuple[str, dict[str, Any]]],
+        books: list[tuple[str, int, float, float]],
     ) -> None:
-        body = json.dumps(order)
+        """Write a paper operation's new or changed orders and books together."""
+        order_rows = [
+            (client_id, account, json.dumps(body), time.time())
+            for client_id, body in orders
+        ]
+        book_rows = [(account, *book) for book in books]
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO paper_orders (client_id, body, created) VALUES (?, ?, ?)",
-                (client_id, body, time.time()),
+            conn.executemany(
+                "INSERT INTO paper_orders (client_id, account, body, created)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(client_id) DO UPDATE SET body = excluded.body",
+                order_rows,
             )
-            conn.execute("INSERT OR REPLACE INTO paper_books VALUES (?, ?, ?, ?)", book)
+            conn.executemany(
+                "INSERT OR REPLACE INTO paper_books VALUES (?, ?, ?, ?, ?)", book_rows
+            )
 
         await self.write(op)
 
 
+_SET_FLAG = "INSERT OR REPLACE INTO flags (name, value, updated) VALUES (?, ?, ?)"
+# Tasks with the intent they recorded, if any.
+_SELECT_TASKS = (
+    "SELECT tasks.*, intents.body AS intent FROM tasks"
+    " LEFT JOIN intents ON intents.task_id = tasks.id"
+)
 _COLUMNS = (
     "id, kind, priority, payload, state, attempts, not_before, last_error, result,"
     " created, updated, finished, lane"
@@ -367,6 +458,8 @@ def _task_row(task: Task) -> tuple[Any, ...]:
 
 
 def _task_from_row(row: sqlite3.Row) -> Task:
+    # A Row's `in` looks at its values, so the keys are asked for by name.
+    intent = row["intent"] if "intent" in row.keys() else None  # noqa: SIM118
     return Task(
         kind=row["kind"],
         priority=Priority(row["priority"]),
@@ -380,6 +473,7 @@ def _task_from_row(row: sqlite3.Row) -> Task:
         result=row["result"],
         lane=row["lane"],
         durable=True,
+        intent=None if intent is None else json.loads(intent),
     )
 
 
@@ -388,6 +482,34 @@ def _migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
     if "lane" not in columns:
         conn.execute("ALTER TABLE tasks ADD COLUMN lane TEXT")
+    # Paper accounts (#5): rows from before them belong to the one account
+    # there was, named "paper".
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(paper_orders)")}
+    if "account" not in columns:
+        conn.execute(
+            "ALTER TABLE paper_orders ADD COLUMN account TEXT NOT NULL DEFAULT 'paper'"
+        )
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(paper_books)")}
+    if "account" not in columns:
+        conn.executescript(
+            """
+            BEGIN;
+            ALTER TABLE paper_books RENAME TO paper_books_old;
+            CREATE TABLE paper_books (
+                account TEXT NOT NULL,
+                symbol TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                average_price REAL NOT NULL,
+                realized_pnl REAL NOT NULL,
+                PRIMARY KEY (account, symbol)
+            );
+            INSERT INTO paper_books
+                SELECT 'paper', symbol, size, average_price, realized_pnl
+                FROM paper_books_old;
+            DROP TABLE paper_books_old;
+            COMMIT;
+            """
+        )
 
 
 def _open(state_dir: Path, path: Path) -> sqlite3.Connection:
@@ -417,6 +539,11 @@ def _open(state_dir: Path, path: Path) -> sqlite3.Connection:
         check = conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"integrity check: {check}")
+        # A journal file we may read but not write (wrong owner, read-only
+        # mode) would take the daemon up to answer every alert 503: refuse now.
+        conn.execute(
+            "INSERT OR REPLACE INTO opened (id, at) VALUES (1, ?)", (time.time(),)
+        )
     except sqlite3.Error as exc:
         raise JournalError(
             f"journal {str(path)!r} is not a usable SQLite database: {exc}"

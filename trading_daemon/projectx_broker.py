@@ -118,18 +118,31 @@ class ProjectXBroker:
         self._positions_at = -math.inf
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProjectXBroker:
-        config = ClientConfig(
-            base_url=settings.project_x_base_url,
-            username=settings.project_x_username,
-            api_key=settings.project_x_api_key,
-            timeout=settings.project_x_timeout,
-            rate_limit=settings.project_x_rate_limit,
-            rate_window_s=settings.project_x_rate_window,
-        )
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        account: str | None = None,
+        client: ProjectXClient | None = None,
+    ) -> ProjectXBroker:
+        """A broker for ``account`` (default PROJECT_X_ACCOUNT).
+
+        Brokers for several accounts of one user share one ``client``: one
+        session and one rate limit, which the gateway counts per user.
+        """
+        if client is None:
+            config = ClientConfig(
+                base_url=settings.project_x_base_url,
+                username=settings.project_x_username,
+                api_key=settings.project_x_api_key,
+                timeout=settings.project_x_timeout,
+                rate_limit=settings.project_x_rate_limit,
+                rate_window_s=settings.project_x_rate_window,
+            )
+            client = ProjectXClient(config)
         return cls(
-            ProjectXClient(config),
-            account=settings.project_x_account,
+            client,
+            account=settings.project_x_account if account is None else account,
             symbols=settings.project_x_symbols,
         )
 
@@ -146,7 +159,9 @@ class ProjectXBroker:
             raise
 
     async def _start(self) -> None:
-        await self.client.login()
+        if not self.client.logins:
+            # Another account's broker on this client may have logged in.
+            await self.client.login()
         account = await self._choose_account()
         self.account = account
         self._account_id = int(account.id)
@@ -282,15 +297,16 @@ class ProjectXBroker:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _place(self, request: OrderRequest, contract: Contract) -> OrderResult:
+        try:
+            fields = wire.order_fields(request, contract.tick_size)
+        except wire.BracketError as exc:
+            raise BrokerRefusal(str(exc)) from None
         body = self._body(
             contractId=contract.id,
-            type=wire.MARKET_ORDER,
             side=wire.side_code(request.side),
             size=request.size,
-            limitPrice=None,
-            stopPrice=None,
-            trailPrice=None,
             customTag=request.client_id,
+            **fields,
         )
         lost = False
         async for attempt in self.client.retrying("Order/place"):
@@ -325,6 +341,8 @@ class ProjectXBroker:
             side=request.side,
             size=request.size,
             status=OrderStatus.WORKING,
+            order_type=request.order_type,
+            price=request.limit_price or request.stop_price,
         )
         self._by_tag[request.client_id] = result
         self._positions_at = -math.inf
@@ -374,8 +392,14 @@ class ProjectXBroker:
 
     # -- positions and trades ------------------------------------------------
 
-    async def positions(self) -> list[Position]:
-        """The account's positions, at most a second old (this feeds /status)."""
+    async def positions(self, *, fresh: bool = False) -> list[Position]:
+        """The account's positions, at most a second old (this feeds /status).
+
+        ``fresh`` (the kill switch) reads the gateway now and raises if it
+        cannot: a stale list could leave a position open.
+        """
+        if fresh:
+            return await self._read_positions()
         if trio.current_time() - self._positions_at > POSITIONS_MAX_AGE_S:
             try:
                 await self._read_positions()

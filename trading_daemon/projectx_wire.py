@@ -7,12 +7,28 @@ here talks to the network.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
-from .broker import Account, Contract, OrderResult, OrderStatus, Position, Side, Trade
+from .broker import (
+    Account,
+    Contract,
+    OrderRequest,
+    OrderResult,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+    Trade,
+)
 from .projectx_client import GatewayError, Json, ProjectXError
 
-MARKET_ORDER = 2
+LIMIT_ORDER, MARKET_ORDER, STOP_ORDER = 1, 2, 4
+_TYPE_CODES = {
+    OrderType.LIMIT: LIMIT_ORDER,
+    OrderType.MARKET: MARKET_ORDER,
+    OrderType.STOP: STOP_ORDER,
+}
+_TYPES = {code: kind for kind, code in _TYPE_CODES.items()}
 BUY_SIDE, SELL_SIDE = 0, 1
 LONG = 1
 
@@ -86,6 +102,17 @@ def stamp(moment: datetime) -> str:
     return moment.isoformat()
 
 
+def moment(value: object) -> datetime | None:
+    """A gateway timestamp ("2025-01-21T16:13:52.523293+00:00"), None if unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def account(raw: Json) -> Account:
     return Account(
         id=str(raw.get("id")),
@@ -114,9 +141,55 @@ def active_contract(data: Json, symbol: str, symbols: Symbols) -> Contract | Non
     return None
 
 
+class BracketError(ValueError):
+    """A bracket that cannot be put in the gateway's terms."""
+
+
+def order_fields(request: OrderRequest, tick_size: float) -> Json:
+    """Order/place's type, prices and bracket fields for ``request``.
+
+    The gateway takes a bracket as ticks from the fill, signed by side
+    (observed): a buy's stop loss is negative, its take profit positive. A
+    bracket given as prices is turned into ticks from the entry's price (its
+    limit or stop, or the alert's reference price for a market order); a price
+    on the wrong side gives ticks of the wrong sign, which the gateway refuses.
+    """
+    kind = request.order_type
+    fields: Json = {
+        "type": _TYPE_CODES[kind],
+        "limitPrice": request.limit_price if kind is OrderType.LIMIT else None,
+        "stopPrice": request.stop_price if kind is OrderType.STOP else None,
+        "trailPrice": None,
+    }
+    bracket = request.bracket
+    if bracket is None:
+        return fields
+    b, sign = bracket, request.side.sign
+    entry = request.limit_price or request.stop_price or request.reference_price
+    for name, ticks, price, direction, leg_type in (
+        ("stopLossBracket", b.stop_loss_ticks, b.stop_loss_price, -1, STOP_ORDER),
+        ("takeProfitBracket", b.take_profit_ticks, b.take_profit_price, 1, LIMIT_ORDER),
+    ):
+        if ticks is not None:
+            signed = direction * sign * ticks
+        elif price is not None:
+            if entry is None or tick_size <= 0:
+                raise BracketError(
+                    "a bracket given as a price needs the entry's price: send"
+                    " price with a market order, or give the bracket in ticks"
+                )
+            signed = round((price - entry) / tick_size)
+        else:
+            continue
+        fields[name] = {"ticks": signed, "type": leg_type}
+    return fields
+
+
 def order(raw: Json, symbols: Symbols) -> OrderResult:
     price = raw.get("filledPrice")
     status = raw.get("status")
+    kind = _TYPES.get(raw.get("type"), OrderType.MARKET)  # type: ignore[arg-type]
+    resting = raw.get("limitPrice") if kind is OrderType.LIMIT else raw.get("stopPrice")
     return OrderResult(
         order_id=str(raw.get("id")),
         client_id=str(raw.get("customTag") or ""),
@@ -128,6 +201,8 @@ def order(raw: Json, symbols: Symbols) -> OrderResult:
         else OrderStatus.WORKING,
         filled_size=int(raw.get("fillVolume") or 0),
         fill_price=None if price is None else float(price),
+        order_type=kind,
+        price=None if resting is None else float(resting),
     )
 
 
@@ -143,6 +218,7 @@ def trades(data: Json, symbols: Symbols) -> list[Trade]:
             price=float(raw.get("price") or 0.0),
             profit_and_loss=raw.get("profitAndLoss"),
             fees=float(raw.get("fees") or 0.0),
+            at=moment(raw.get("creationTimestamp")),
         )
         for raw in items(data, "trades")
         if raw.get("voided") is not True

@@ -54,6 +54,8 @@ class Task:
     durable: bool = False
     # Set while the task counts against the scheduler's max_queue.
     holds_queue_slot: bool = False
+    # What an alert task decided (intent.py), once recorded in the journal.
+    intent: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view for /status; an alert's task shows what it asked."""
@@ -74,6 +76,8 @@ class Task:
             "result": self.result,
             "last_error": self.last_error,
             "alert": alert,
+            "account": self.payload.get("account"),
+            "intent": self.intent,
         }
 
 

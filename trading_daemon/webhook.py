@@ -17,6 +17,7 @@ from typing import Any
 
 from loguru import logger
 
+from .accounts import Accounts
 from .alerts import AlertError, parse_body, parse_signal
 from .auth import AuthError, WebhookAuth, take_passphrases
 from .dedup import Deduplicator
@@ -49,7 +50,10 @@ class Intake:
         *,
         max_body_bytes: int,
         auth: WebhookAuth | None = None,
+        accounts: Accounts | None = None,
     ) -> None:
+        """``accounts`` are those an alert may name; None: one unnamed account."""
+        self._accounts = accounts
         self._scheduler = scheduler
         self._journal = journal
         self._dedup = dedup
@@ -94,6 +98,7 @@ class Intake:
             return refusal
         try:
             signal = parse_signal(data)
+            accounts = self._accounts_for(signal.account)
         except AlertError as exc:
             return self._invalid(exc)
 
@@ -105,52 +110,80 @@ class Intake:
             )
             return Reply(200, {"id": first, "status": "duplicate"})
 
+        reserved = 0
         try:
-            self._scheduler.reserve()
+            for _ in accounts:
+                self._scheduler.reserve()
+                reserved += 1
         except QueueFull:
+            self._release(reserved)
             logger.bind(symbol=signal.symbol).warning("alert.refused_queue_full")
             return _busy("task queue is full; retry later")
         except SchedulerClosed:
+            self._release(reserved)
             return _busy("daemon is shutting down; retry later")
 
-        task = Task(
-            kind=EXECUTE_SIGNAL,
-            priority=Priority.NORMAL,
-            payload={"signal": signal.to_payload()},
-            durable=True,
-        )
+        # One task per account: each runs in its account's lane for this
+        # contract, one at a time in arrival order (see scheduler.py).
+        payload = signal.to_payload()
+        tasks = [
+            Task(
+                kind=EXECUTE_SIGNAL,
+                priority=Priority.NORMAL,
+                payload={"signal": payload, "account": account},
+                lane=f"{account or ''}:{signal.symbol}",
+                durable=True,
+            )
+            for account in accounts
+        ]
         # Remembered before the commit so a resend racing this one is a
         # duplicate rather than a second task.
-        self._dedup.remember(key, task.id)
+        self._dedup.remember(key, tasks[0].id)
         try:
-            await self._journal.record_task(
-                task, dedup_key=key.key, dedup_ttl=key.ttl_s
+            # All accounts' tasks in one commit: a crash keeps all or none.
+            await self._journal.record_tasks(
+                tasks, dedup_key=key.key, dedup_ttl=key.ttl_s
             )
         except JournalError as exc:
             self._dedup.forget(key)
-            self._scheduler.release()
+            self._release(reserved)
             logger.bind(error=str(exc)).error("alert.not_journaled")
             return _busy("journal unavailable; retry later")
         except BaseException:
-            self._scheduler.release()
+            self._release(reserved)
             raise
 
+        for task in tasks:
+            try:
+                self._scheduler.submit(task, reserved=True)
+            except SchedulerClosed:
+                # Durable already: the next start recovers and runs it.
+                self._scheduler.release()
+                logger.bind(task_id=task.id).info("alert.deferred_to_restart")
+
+            logger.bind(
+                task_id=task.id,
+                action=signal.action.value,
+                symbol=signal.symbol,
+                quantity=signal.quantity,
+                alert_id=signal.alert_id,
+                account=task.payload["account"],
+            ).info("alert.accepted")
+
+        ids = [task.id for task in tasks]
+        return Reply(202, {"id": ids[0], "ids": ids, "status": "queued"})
+
+    def _accounts_for(self, requested: str | None) -> list[str | None]:
+        if self._accounts is None:
+            return [requested]
         try:
-            self._scheduler.submit(task, reserved=True)
-        except SchedulerClosed:
-            # Durable already: the next start recovers and runs it.
+            return list(self._accounts.resolve(requested))
+        except LookupError as exc:
+            raise AlertError(str(exc), field="account", value=requested) from None
+
+    def _release(self, count: int) -> None:
+        for _ in range(count):
             self._scheduler.release()
-            logger.bind(task_id=task.id).info("alert.deferred_to_restart")
-
-        logger.bind(
-            task_id=task.id,
-            action=signal.action.value,
-            symbol=signal.symbol,
-            quantity=signal.quantity,
-            alert_id=signal.alert_id,
-        ).info("alert.accepted")
-
-        return Reply(202, {"id": task.id, "status": "queued"})
 
     def _authenticate(
         self,
