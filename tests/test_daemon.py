@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from trading_daemon.broker import OrderRequest, Side
 from trading_daemon.config import Settings
 from trading_daemon.daemon import Daemon
 
@@ -230,3 +231,31 @@ def test_daemon_cannot_listen_is_one_line_exit_2(
     assert f"cannot listen on {host}:{port}" in startup[0]
     assert reason in startup[0]
     assert "Traceback" not in err
+
+
+async def test_daemon_status_answers_while_broker_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/status shows the last known positions, marked stale, when the broker stalls."""
+    monkeypatch.setattr("trading_daemon.daemon.STATUS_BROKER_WAIT_S", 0.05)
+    daemon = Daemon(Settings(state_dir=tmp_path, trading_hours="always"))
+    hang = trio.Event()
+
+    async def stalled_positions(*args: Any, **kwargs: Any) -> list[Any]:
+        await hang.wait()
+        return []
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(daemon.journal.run)
+        daemon.brokers_ready.set()
+        await daemon.broker.place_order(OrderRequest("MNQ", Side.BUY, 2, "td-stale"))
+        fresh = await daemon.status()
+        monkeypatch.setattr(daemon.broker, "positions", stalled_positions)
+        with trio.fail_after(5):
+            stalled = await daemon.status()
+        daemon.journal.close()
+
+    assert fresh["positions_stale"] is False
+    assert stalled["positions_stale"] is True
+    assert [p["size"] for p in fresh["positions"]] == [2]
+    assert stalled["positions"] == fresh["positions"]

@@ -36,6 +36,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.journal.run)
         await nursery.start(daemon.scheduler.run)
+        await daemon.start_brokers()
         yield daemon
         await daemon.scheduler.shutdown(0)
         await daemon.scheduler.wait_stopped()

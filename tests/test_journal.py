@@ -56,6 +56,7 @@ async def core(daemon: Daemon) -> AsyncIterator[Daemon]:
         nursery.start_soon(journal)
         daemon.recovery = daemon.recover()
         await nursery.start(daemon.scheduler.run)
+        await daemon.start_brokers()
         yield daemon
         await daemon.scheduler.shutdown(0)
         await daemon.scheduler.wait_stopped()

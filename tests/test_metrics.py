@@ -20,6 +20,7 @@ async def test_metrics_exposition_has_the_documented_families(tmp_path: Path) ->
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.journal.run)
         await nursery.start(daemon.scheduler.run)
+        await daemon.start_brokers()
         client = create_app(daemon).test_client()
         good = json.dumps({"action": "buy", "symbol": "MES1!", "quantity": 2})
         await client.post("/webhook", data=good)

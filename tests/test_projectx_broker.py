@@ -177,6 +177,7 @@ async def test_start_refuses_account_that_cannot_trade() -> None:
         broker = ProjectXBroker(client_for(url), account="PRAC-V2-LOCKED")
         with pytest.raises(BrokerSetupError, match="canTrade is false"):
             await broker.start()
+        await broker.aclose()
 
     assert state.call_count("Order/place") == 0
 
@@ -195,6 +196,7 @@ async def test_start_refuses_unknown_or_unnamed_account(
         broker = ProjectXBroker(client_for(url), account=account)
         with pytest.raises(BrokerSetupError, match=message) as info:
             await broker.start()
+        await broker.aclose()
 
     assert "'PRAC-V2-BETA' (id 1002)" in str(info.value)
 
@@ -208,6 +210,7 @@ async def test_start_bad_api_key_is_authentication_error() -> None:
         broker = ProjectXBroker(client_for(url, key=wrong))
         with pytest.raises(AuthenticationError, match="InvalidCredentials") as info:
             await broker.start()
+        await broker.aclose()
 
     assert "'trader'" in str(info.value)
     assert wrong not in str(info.value)
@@ -833,7 +836,7 @@ async def test_daemon_marks_task_whose_order_the_broker_cancelled(
 async def test_daemon_refuses_to_start_on_account_that_cannot_trade(
     tmp_path: Path,
 ) -> None:
-    """canTrade false: Daemon.run fails before serving, nothing is placed."""
+    """canTrade false: Daemon.run fails at start, nothing is placed."""
     state = ScriptedState(accounts=[Account(1001, "PRAC", 100.0, can_trade=False)])
 
     async with serving(state) as url:
@@ -853,3 +856,53 @@ async def test_daemon_refuses_to_start_on_account_that_cannot_trade(
             await daemon.run()
 
     assert state.call_count("Order/place") == 0
+
+
+async def test_daemon_waits_for_a_gateway_down_at_boot(tmp_path: Path) -> None:
+    """Gateway down at start: alerts are still acknowledged, and trade once it is up."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        gateway_port = probe.getsockname()[1]
+    state = sim_state_for_boot()
+    settings = Settings(
+        webhook_port=0,
+        state_dir=tmp_path,
+        broker="projectx",
+        project_x_base_url=f"http://127.0.0.1:{gateway_port}",
+        project_x_username=USER,
+        project_x_api_key=KEY,
+        project_x_timeout=1.0,
+        webhook_secret=WEBHOOK_SECRET,
+        trading_hours="always",
+    )
+    daemon = Daemon(settings)
+    stop_gateway = trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(daemon.run)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                task_id = await post_alert(http)
+                # Real clock: the first retry of the start comes 2 s later.
+                await trio.sleep(0.5)
+                waiting = not daemon.brokers_ready.is_set()
+                await nursery.start(
+                    partial(
+                        serve_simulator,
+                        "127.0.0.1",
+                        gateway_port,
+                        state,
+                        shutdown_trigger=stop_gateway.wait,
+                    )
+                )
+                task = await finished(daemon, task_id, limit_s=20)
+            daemon.request_stop("test over")
+            await daemon.scheduler.wait_stopped()
+            stop_gateway.set()
+
+    assert waiting
+    assert task.state is TaskState.DONE
+    assert state.call_count("Order/place") == 1
+
+
+def sim_state_for_boot() -> SimulatorState:
+    return SimulatorState(user_name=USER, api_key=KEY, start=datetime.now(UTC))

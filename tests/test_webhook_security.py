@@ -85,6 +85,7 @@ async def running(settings: Settings) -> AsyncIterator[Daemon]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(daemon.journal.run)
         await nursery.start(daemon.scheduler.run)
+        await daemon.start_brokers()
         yield daemon
         await daemon.scheduler.shutdown(0)
         await daemon.scheduler.wait_stopped()

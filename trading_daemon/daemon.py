@@ -33,7 +33,7 @@ from . import __version__
 from .accounts import Accounts, account_specs, make_brokers
 from .alerts import Mode
 from .auth import WebhookAuth
-from .broker import Broker
+from .broker import Broker, BrokerSetupError
 from .config import Settings
 from .dedup import Deduplicator
 from .execution import EXECUTE_SIGNAL, FLATTEN_ALL, Executor
@@ -53,8 +53,13 @@ from .notify import Notifier
 from .priority import Priority
 from .risk import RiskGuard, RiskLimits, parse_hours
 from .scheduler import Scheduler, SchedulerConfig
-from .tasks import Task, TaskState
+from .tasks import Handler, Task, TaskState
 from .webhook import Intake
+
+# Longest pause between attempts to start a broker that is unreachable.
+BROKER_START_MAX_DELAY_S = 60.0
+# How long /status waits for a broker's positions before showing the last ones.
+STATUS_BROKER_WAIT_S = 1.0
 
 
 class Daemon:
@@ -147,6 +152,14 @@ class Daemon:
             cancelled_by_daemon=self.executor.cancelled,
         )
         self.jobs.register()
+        # Nothing that trades or reads the account runs before every broker
+        # has started (logged in, read its positions): the broker is the truth.
+        self.brokers_ready = trio.Event()
+        self._last_positions: dict[str, list[dict[str, Any]]] = {}
+        for kind in (EXECUTE_SIGNAL, FLATTEN_ALL, FILL_CHECK, RISK_UPDATE):
+            self.scheduler.register(
+                kind, self._after_start(self.scheduler.handler(kind))
+            )
         self.intake = Intake(
             self.scheduler,
             self.journal,
@@ -201,16 +214,40 @@ class Daemon:
             "version": __version__,
         }
 
+    async def _positions(self) -> tuple[list[dict[str, Any]], bool]:
+        """Every account's open positions, and whether some are last-known only.
+
+        /status must answer while the gateway is slow or its rate limit is
+        spent by a burst of alerts: each broker gets a short wait, then its
+        last answer stands in.
+        """
+        stale = False
+        rows: list[dict[str, Any]] = []
+        for name, broker in self.brokers.items():
+            fresh = False
+            if self.brokers_ready.is_set():
+                with trio.move_on_after(STATUS_BROKER_WAIT_S):
+                    try:
+                        positions = await broker.positions()
+                    except Exception as exc:
+                        logger.warning("status.positions_failed", error=str(exc))
+                    else:
+                        self._last_positions[name] = [
+                            {"account": name, **p.as_dict()}
+                            for p in positions
+                            if p.size or p.realized_pnl
+                        ]
+                        fresh = True
+            stale = stale or not fresh
+            rows += self._last_positions.get(name, [])
+        return rows, stale
+
     async def status(self, *, recent: int = 20) -> dict[str, Any]:
-        positions = [
-            {"account": name, **p.as_dict()}
-            for name, broker in self.brokers.items()
-            for p in await broker.positions()
-            if p.size or p.realized_pnl
-        ]
+        positions, stale = await self._positions()
         oldest = await self.journal.oldest_unfinished()
         return {
             **self.health(),
+            "positions_stale": stale,
             "broker": self.broker.name,
             "halted": self.risk.halted,
             "task_queue_stats": self.scheduler.snapshot(),
@@ -315,19 +352,30 @@ class Daemon:
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run until a signal or ``request_stop``; report the bound port on start."""
+        self.started_at = trio.current_time()
+        try:
+            await self._supervise(task_status)
+        finally:
+            await self._close_brokers()
+            self.notifier.close()
+        s = self.scheduler.stats
+        logger.bind(completed=s.completed, cancelled=s.cancelled, dead=s.dead).info(
+            "daemon.stopped"
+        )
+
+    async def _supervise(self, task_status: trio.TaskStatus[int]) -> None:
         # Imported here: the HTTP layer pulls in quart, which the rest does not need.
         from .server import serve_http
 
-        self.started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             journal_done = trio.Event()
             nursery.start_soon(self._run_journal, journal_done)
             self.recovery = self.recover()
-            # The broker is the truth: log in, check each account and read its
-            # positions and orders before any task or request can trade.
-            for broker in self.brokers.values():
-                await broker.start()
             await nursery.start(self.scheduler.run)
+            # In the background: a gateway that is down at boot must not keep
+            # the port closed (alerts are journaled meanwhile) nor make systemd
+            # give up after a burst of failed starts.
+            nursery.start_soon(self.start_brokers)
             http_done = trio.Event()
             port: int = await nursery.start(serve_http, self, http_done)
             jobs_scope = trio.CancelScope()
@@ -360,13 +408,48 @@ class Daemon:
             # Drained and flushed: only the signal listener is left.
             nursery.cancel_scope.cancel()
 
-        for broker in self.brokers.values():
-            await broker.aclose()
-        self.notifier.close()
-        s = self.scheduler.stats
-        logger.bind(completed=s.completed, cancelled=s.cancelled, dead=s.dead).info(
-            "daemon.stopped"
-        )
+    async def _close_brokers(self) -> None:
+        with trio.CancelScope(shield=True):
+            for broker in self.brokers.values():
+                await broker.aclose()
+
+    def _after_start(self, handler: Handler) -> Handler:
+        async def wait_then_run(task: Task) -> str | None:
+            await self.brokers_ready.wait()
+            return await handler(task)
+
+        return wait_then_run
+
+    async def start_brokers(self) -> None:
+        """Start every broker, retrying transient failures until they pass.
+
+        A refused login or an unusable account (BrokerSetupError) ends the
+        daemon: no retry can fix it. Anything else (gateway down, timeouts,
+        5xx) is retried with a backoff growing to a minute.
+        """
+        for name, broker in self.brokers.items():
+            attempt = 0
+            while True:
+                try:
+                    await broker.start()
+                    break
+                except BrokerSetupError:
+                    raise
+                except Exception as exc:
+                    attempt += 1
+                    delay = min(BROKER_START_MAX_DELAY_S, 2.0**attempt)
+                    reason = f"{type(exc).__name__}: {exc}"
+                    logger.error(
+                        "broker.start_failed",
+                        account=name,
+                        attempt=attempt,
+                        retry_in_s=delay,
+                        error=reason,
+                    )
+                    self.notifier.status(f"waiting for broker ({name}): {reason}")
+                    await trio.sleep(delay)
+        self.brokers_ready.set()
+        logger.info("broker.ready", accounts=",".join(self.brokers))
 
     async def _run_journal(self, done: trio.Event) -> None:
         try:

@@ -149,16 +149,11 @@ class ProjectXBroker:
     # -- start -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Log in, choose and check the account, read what the broker holds."""
-        try:
-            await self._start()
-        except BaseException:
-            # The daemon calls aclose() only after a clean run.
-            with trio.CancelScope(shield=True):
-                await self.aclose()
-            raise
+        """Log in, choose and check the account, read what the broker holds.
 
-    async def _start(self) -> None:
+        May be called again after a transient failure; the daemon closes the
+        broker when it stops, whether or not this ever succeeded.
+        """
         if not self.client.logins:
             # Another account's broker on this client may have logged in.
             await self.client.login()

@@ -34,6 +34,7 @@ import tenacity
 import trio
 from loguru import logger
 
+from .broker import BrokerSetupError
 from .logs import register_secret
 
 Json = dict[str, Any]
@@ -75,8 +76,11 @@ class GatewayError(ProjectXError):
         super().__init__(f"{endpoint} refused with errorCode {code}: {self.message}")
 
 
-class AuthenticationError(ProjectXError):
-    """The credentials were refused, or a fresh token still got 401."""
+class AuthenticationError(ProjectXError, BrokerSetupError):
+    """The credentials were refused, or a fresh token still got 401.
+
+    A setup error too: at start, retrying with the same key cannot help.
+    """
 
 
 class ServerError(ProjectXError):

@@ -190,6 +190,10 @@ class Scheduler:
             multiplier=config.retry_base_delay, max=config.retry_max_delay
         ) + tenacity.wait_random(0, config.retry_jitter)
 
+    def handler(self, kind: str) -> Handler:
+        """The handler registered for ``kind`` (KeyError if none)."""
+        return self._handlers[kind]
+
     def register(self, kind: str, handler: Handler) -> None:
         """Run ``handler`` for tasks of ``kind``."""
         self._handlers[kind] = handler
