@@ -194,6 +194,37 @@ def test_decide_multiplier_rounding_to_zero_is_refused() -> None:
     assert "'eval2'" in (intent.refused or "")
 
 
+@pytest.mark.parametrize(
+    ("fields", "position"),
+    [
+        ({"action": "sell", "quantity": 1}, 1),
+        ({"action": "buy", "quantity": 1}, -1),
+        ({"action": "close", "quantity": 1}, 1),
+        (
+            {
+                "action": "sell",
+                "mode": "target",
+                "market_position": "short",
+                "market_position_size": 2,
+            },
+            1,
+        ),
+    ],
+    ids=["sell-while-long", "buy-while-short", "close", "target"],
+)
+def test_decide_multiplier_rounding_to_zero_still_exits(
+    fields: dict[str, Any], position: int
+) -> None:
+    """A share that rounds to 0 never blocks an exit: the account goes flat."""
+    signal = parse_signal(alert(**fields))
+
+    intent = decide(signal, position, IntentSettings(), multiplier=0.2)
+
+    assert intent.refused is None
+    assert intent.target == 0
+    assert intent.steps[1:] == (Step(StepKind.CLOSE), Step(StepKind.CONFIRM_FLAT))
+
+
 def test_decide_entry_carries_order_type_prices_and_bracket() -> None:
     """The entry step is the alert's order: type, limit price, bracket."""
     fields = alert(

@@ -113,7 +113,8 @@ class Executor:
             self._risk.record(task.id, intent)
         else:
             intent = OrderIntent.from_dict(task.intent)
-        logger.bind(
+        logger.info(
+            "intent.decided",
             task_id=task.id,
             account=account,
             symbol=intent.symbol,
@@ -124,7 +125,7 @@ class Executor:
             refused=intent.guard,
             resumed=resuming,
             plan=intent.describe(),
-        ).info("intent.decided")
+        )
 
         if not intent.steps:
             return f"refused: {intent.refused}" if intent.refused else intent.reason

@@ -206,7 +206,8 @@ def decide(
     """What ``signal`` means for an account holding ``position`` (signed) now.
 
     ``multiplier`` scales the alert's sizes for this account (rounded to the
-    nearest contract); a size that rounds to nothing is refused.
+    nearest contract). A size that rounds to nothing refuses a new entry, but
+    an exit or a target of that size takes the account flat.
     """
     mode = resolve_mode(signal, settings.default_mode)
     base = OrderIntent(account, signal.symbol, mode, position, position, (), "")
@@ -217,15 +218,25 @@ def decide(
 
     sizes = [signal.quantity, None if signal.target is None else abs(signal.target)]
     scaled = [None if size is None else _scale(size, multiplier) for size in sizes]
-    for size, result in zip(sizes, scaled, strict=True):
-        if size and not result:
+    quantity, target_size = scaled
+    if signal.quantity and not quantity and mode is Mode.SIGNAL:
+        # This account's share rounds to nothing. Exits are never refused: a
+        # close or an order against the position still takes this account
+        # flat (less exposure, never more); only a new entry is refused.
+        if signal.action is Action.CLOSE:
+            return _toward(base, signal, 0)
+        against = (signal.action is Action.BUY and position < 0) or (
+            signal.action is Action.SELL and position > 0
+        )
+        if against:
+            return _toward(base, signal, 0)
+        if signal.action is not Action.REVERSE:
             return _refuse(
                 base,
                 "multiplier",
-                f"{size} contracts x multiplier {multiplier:g} for account"
-                f" {account!r} rounds to 0",
+                f"{signal.quantity} contracts x multiplier {multiplier:g} for"
+                f" account {account!r} rounds to 0",
             )
-    quantity, target_size = scaled
 
     if mode is Mode.TARGET:
         assert signal.target is not None and target_size is not None

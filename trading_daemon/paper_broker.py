@@ -578,7 +578,8 @@ def _bracket_problem(request: OrderRequest, market: float) -> str | None:
 
 def _log_order(order: OrderResult, event: str, *, position: Position | int) -> None:
     size = position if isinstance(position, int) else position.size
-    logger.bind(
+    logger.info(
+        event,
         order_id=order.order_id,
         client_id=order.client_id,
         symbol=order.symbol,
@@ -587,4 +588,4 @@ def _log_order(order: OrderResult, event: str, *, position: Position | int) -> N
         type=order.order_type.value,
         price=order.fill_price if order.fill_price is not None else order.price,
         position=size,
-    ).info(event)
+    )

@@ -161,14 +161,16 @@ class Intake:
                 self._scheduler.release()
                 logger.bind(task_id=task.id).info("alert.deferred_to_restart")
 
-            logger.bind(
+            # Keyword fields, not bind(): this line is on every alert's path.
+            logger.info(
+                "alert.accepted",
                 task_id=task.id,
                 action=signal.action.value,
                 symbol=signal.symbol,
                 quantity=signal.quantity,
                 alert_id=signal.alert_id,
                 account=task.payload["account"],
-            ).info("alert.accepted")
+            )
 
         ids = [task.id for task in tasks]
         return Reply(202, {"id": ids[0], "ids": ids, "status": "queued"})
