@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from support import until
+from venues import core
 
 from trading_daemon.broker import OrderRequest, OrderResult, Side
 from trading_daemon.cli import main
@@ -41,27 +40,6 @@ def adding(state_dir: Path) -> Settings:
 def alert(**fields: Any) -> bytes:
     body = {"action": "buy", "symbol": "MNQ1!", "quantity": "1", **fields}
     return json.dumps(body).encode()
-
-
-@asynccontextmanager
-async def core(daemon: Daemon) -> AsyncIterator[Daemon]:
-    """Journal writer and scheduler running, as Daemon.run has them (no HTTP)."""
-    async with trio.open_nursery() as nursery:
-        done = trio.Event()
-
-        async def journal() -> None:
-            await daemon.journal.run()
-            done.set()
-
-        nursery.start_soon(journal)
-        daemon.recovery = daemon.recover()
-        await nursery.start(daemon.scheduler.run)
-        await daemon.start_brokers()
-        yield daemon
-        await daemon.scheduler.shutdown(0)
-        await daemon.scheduler.wait_stopped()
-        daemon.journal.close()
-        await done.wait()
 
 
 def rows(state_dir: Path, sql: str) -> list[tuple[Any, ...]]:
