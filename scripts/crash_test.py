@@ -146,9 +146,14 @@ async def send_alerts(url: str, ids: list[str], acked: set[str]) -> None:
 async def kill_during_sends(
     daemon: Daemon, ids: list[str], acked: set[str], rng: random.Random
 ) -> None:
-    kill_after = rng.uniform(0.05, 1.5)
+    # Counted from the first acknowledgement, so the kill lands mid-burst
+    # rather than before the daemon has answered anything.
+    kill_after = rng.uniform(0.0, 0.8)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send_alerts, daemon.url, ids, acked)
+        with trio.move_on_after(10):
+            while not acked:  # noqa: ASYNC110 - polled; the set is filled by HTTP
+                await trio.sleep(0.002)
         await trio.sleep(kill_after)
         daemon.kill()
 
