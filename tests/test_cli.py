@@ -242,13 +242,13 @@ def test_main_simulate_projectx_serves_until_sigint() -> None:
 def test_serve_broker_setup_error_found_inside_groups() -> None:
     """A refused login or unusable account inside the daemon's group exits 2."""
     from trading_daemon.broker import BrokerSetupError
-    from trading_daemon.cli import _find_broker_setup_error
+    from trading_daemon.cli import _find
 
     refused = BrokerSetupError("account 'PRAC' may not trade (canTrade is false)")
     nested = ExceptionGroup("daemon", [ExceptionGroup("start", [refused])])
 
-    assert _find_broker_setup_error(nested) is refused
-    assert _find_broker_setup_error(ExceptionGroup("x", [ValueError()])) is None
+    assert _find(nested, BrokerSetupError) is refused
+    assert _find(ExceptionGroup("x", [ValueError()]), BrokerSetupError) is None
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from support import until
+from venues import core
 
 from trading_daemon.config import Settings
 from trading_daemon.daemon import Daemon
@@ -32,15 +33,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
         max_queue=5,
         trading_hours="always",
     )
-    daemon = Daemon(settings)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(daemon.journal.run)
-        await nursery.start(daemon.scheduler.run)
-        await daemon.start_brokers()
+    async with core(Daemon(settings)) as daemon:
         yield daemon
-        await daemon.scheduler.shutdown(0)
-        await daemon.scheduler.wait_stopped()
-        daemon.journal.close()
 
 
 async def post(daemon: Daemon, body: bytes, content_type: str = "text/plain") -> tuple:

@@ -33,6 +33,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from loguru import logger
 from support import until
+from venues import core
 
 from trading_daemon.auth import TRADINGVIEW_ADDRESSES
 from trading_daemon.cli import main
@@ -81,15 +82,8 @@ def sign(secret: str, data: bytes, *, at: float = 0, msg_id: str = "msg_1") -> d
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Daemon]:
     """A daemon's journal and scheduler, without its HTTP server."""
-    daemon = Daemon(settings)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(daemon.journal.run)
-        await nursery.start(daemon.scheduler.run)
-        await daemon.start_brokers()
+    async with core(Daemon(settings)) as daemon:
         yield daemon
-        await daemon.scheduler.shutdown(0)
-        await daemon.scheduler.wait_stopped()
-        daemon.journal.close()
 
 
 class Client:

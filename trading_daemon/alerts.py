@@ -510,37 +510,25 @@ def _bracket(data: dict[str, Any]) -> Bracket | None:
 
 
 def _account(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise AlertError(
-            f"account must be an account name or id, got {_shown(value)}",
-            field="account",
-            value=value,
-        )
-    text = str(value).strip()
-    if not text or len(text) > MAX_ACCOUNT_LENGTH:
-        raise AlertError(
-            f"account must be 1 to {MAX_ACCOUNT_LENGTH} characters, got {len(text)}",
-            field="account",
-        )
-    return text
+    return _name(value, "account", "an account name or id", MAX_ACCOUNT_LENGTH)
 
 
 def _alert_id(value: Any) -> str | None:
+    return _name(value, "id", "a string or a whole number", MAX_ID_LENGTH)
+
+
+def _name(value: Any, field: str, kinds: str, limit: int) -> str | None:
+    """A short identifier given as a string or an integer, stripped."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise AlertError(
-            f"id must be a string or a whole number, got {_shown(value)}",
-            field="id",
-            value=value,
+            f"{field} must be {kinds}, got {_shown(value)}", field=field, value=value
         )
     text = str(value).strip()
-    if not text or len(text) > MAX_ID_LENGTH:
+    if not text or len(text) > limit:
         raise AlertError(
-            f"id must be 1 to {MAX_ID_LENGTH} characters, got {len(text)}",
-            field="id",
+            f"{field} must be 1 to {limit} characters, got {len(text)}", field=field
         )
     return text
 

@@ -122,9 +122,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import trio
     from loguru import logger
 
+    from .broker import BrokerSetupError
     from .daemon import Daemon
     from .journal import JournalError
     from .logs import register_secret, setup_logging
+    from .server import ListenError
 
     setup_logging(settings.log_level)
     for secret in settings.secret_values():
@@ -139,11 +141,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except BaseException as exc:  # the process boundary: report, never re-raise
         if isinstance(exc, KeyboardInterrupt):
             return 0
-        listen = _find_listen_error(exc)
+        listen = _find(exc, ListenError)
         if listen is not None:
             _fatal(f"startup error: {listen}")
             return EXIT_CONFIG
-        refused = _find_broker_setup_error(exc)
+        # Bad credentials (projectx AuthenticationError is one) or an
+        # unusable account.
+        refused = _find(exc, BrokerSetupError)
         if refused is not None:
             # Bad credentials or an account that may not trade: a restart
             # will not fix it, so it exits like a configuration error.
@@ -154,30 +158,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_listen_error(exc: BaseException) -> BaseException | None:
-    """The ListenError inside ``exc``, looking through exception groups."""
-    from .server import ListenError
-
-    if isinstance(exc, ListenError):
+def _find(
+    exc: BaseException, kinds: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of ``kinds`` inside ``exc``, looking through groups."""
+    if isinstance(exc, kinds):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _find_listen_error(inner)
-            if found is not None:
-                return found
-    return None
-
-
-def _find_broker_setup_error(exc: BaseException) -> BaseException | None:
-    """The first broker setup error (bad credentials, unusable account) in ``exc``."""
-    from .broker import BrokerSetupError
-    from .projectx_client import AuthenticationError
-
-    if isinstance(exc, BrokerSetupError | AuthenticationError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find_broker_setup_error(inner)
+            found = _find(inner, kinds)
             if found is not None:
                 return found
     return None
@@ -299,7 +288,7 @@ def _dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     path = f"/dead-letters/{args.task_id}/replay"
-    data = _request(settings, args.url, "POST", path, show_errors=True)
+    data = _request(settings, args.url, "POST", path)
     if data is None:
         return EXIT_CRASH
     print(f"{data['id']} {data['status']}")
@@ -307,7 +296,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _halt(settings: Settings, args: argparse.Namespace) -> int:
-    data = _request(settings, args.url, "POST", "/halt", show_errors=True)
+    data = _request(settings, args.url, "POST", "/halt")
     if data is None:
         return EXIT_CRASH
     print(f"halted; flatten task {data.get('id', '-')} {data['status']}")
@@ -315,7 +304,7 @@ def _halt(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _resume(settings: Settings, args: argparse.Namespace) -> int:
-    data = _request(settings, args.url, "POST", "/resume", show_errors=True)
+    data = _request(settings, args.url, "POST", "/resume")
     if data is None:
         return EXIT_CRASH
     print("resumed: entries are accepted again")
@@ -327,8 +316,6 @@ def _request(
     url: str | None,
     method: str,
     path: str,
-    *,
-    show_errors: bool = False,
 ) -> dict[str, Any] | None:
     """One JSON request to a running daemon; None (after a message) on failure."""
     import httpx

@@ -276,8 +276,17 @@ class Journal:
             return
         if task.state is TaskState.DEAD:
             self.dead_count += 1
-        row = _task_row(task)
-        self.write_later(lambda conn: conn.execute(_UPSERT_TASK, row))
+        row = (
+            task.state.value,
+            task.attempts,
+            _not_before_wall(task),
+            task.last_error,
+            task.result,
+            time.time(),
+            task.finished_wall,
+            task.id,
+        )
+        self.write_later(lambda conn: conn.execute(_UPDATE_STATE, row))
 
     def unfinished(self) -> list[tuple[Task, float]]:
         """Tasks a previous run left unfinished, with their wall-clock not-before."""
@@ -426,20 +435,22 @@ _COLUMNS = (
     " created, updated, finished, lane"
 )
 _INSERT_TASK = f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_UPSERT_TASK = (
-    f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT(id) DO UPDATE SET state=excluded.state,"
-    " attempts=excluded.attempts, not_before=excluded.not_before,"
-    " last_error=excluded.last_error, result=excluded.result,"
-    " updated=excluded.updated, finished=excluded.finished"
+# Every durable task is inserted (record_tasks) before its state can change,
+# so a change is an UPDATE of the state columns: no payload to serialise again.
+_UPDATE_STATE = (
+    "UPDATE tasks SET state=?, attempts=?, not_before=?, last_error=?, result=?,"
+    " updated=?, finished=? WHERE id=?"
 )
 
 
-def _task_row(task: Task) -> tuple[Any, ...]:
+def _not_before_wall(task: Task) -> float:
     # The scheduler's not-before time is on trio's clock; store wall time.
-    not_before = 0.0
-    if task.state is TaskState.RETRY_WAIT:
-        not_before = time.time() + max(0.0, task.not_before - trio.current_time())
+    if task.state is not TaskState.RETRY_WAIT:
+        return 0.0
+    return time.time() + max(0.0, task.not_before - trio.current_time())
+
+
+def _task_row(task: Task) -> tuple[Any, ...]:
     return (
         task.id,
         task.kind,
@@ -447,7 +458,7 @@ def _task_row(task: Task) -> tuple[Any, ...]:
         json.dumps(task.payload),
         task.state.value,
         task.attempts,
-        not_before,
+        _not_before_wall(task),
         task.last_error,
         task.result,
         task.created_wall,
