@@ -6,6 +6,7 @@ with timeouts shortened in the test's Settings so each one ends in seconds.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -151,8 +152,13 @@ async def test_slow_loris_headers_cut_off_while_others_served(
     assert max(seconds for _, seconds in served) < 0.5
 
 
-async def test_slow_loris_body_cut_off(server: tuple[Daemon, int]) -> None:
-    """A client whose headers are complete but whose body trickles is cut off."""
+async def test_slow_loris_body_cut_off(
+    log_sink: io.StringIO, server: tuple[Daemon, int]
+) -> None:
+    """A client whose headers are complete but whose body trickles is cut off.
+
+    The cut is logged, once, naming the client and the limit.
+    """
     _, port = server
     head = b"POST /webhook HTTP/1.1\r\nHost: slow\r\nContent-Length: 500\r\n\r\n{"
 
@@ -160,6 +166,10 @@ async def test_slow_loris_body_cut_off(server: tuple[Daemon, int]) -> None:
         cut_after = await trickle(stream, head, b" ")
 
     assert READ_TIMEOUT_S * 0.9 <= cut_after < READ_TIMEOUT_S + 2
+    timeouts = [x for x in log_sink.getvalue().splitlines() if "http.read_timeout" in x]
+    assert timeouts == [
+        f"<4>WARNING http.read_timeout client=127.0.0.1 read_timeout_s={READ_TIMEOUT_S}"
+    ]
 
 
 async def test_idle_new_connection_closed_after_read_timeout(
@@ -208,8 +218,13 @@ async def test_connection_cap_holds_new_connections_until_one_closes(
     assert served_after < 1.0
 
 
-async def test_keep_alive_connection_closed_when_idle(settings: Settings) -> None:
-    """After an answer, an idle keep-alive connection closes after its timeout."""
+async def test_keep_alive_connection_closed_when_idle(
+    settings: Settings, log_sink: io.StringIO
+) -> None:
+    """After an answer, an idle keep-alive connection closes after its timeout.
+
+    That is no slow client: no read timeout is logged.
+    """
     quick = replace(settings, keep_alive_timeout=0.5)
     async with (
         serving(quick) as (_, port),
@@ -225,6 +240,55 @@ async def test_keep_alive_connection_closed_when_idle(settings: Settings) -> Non
     assert first.startswith(b"HTTP/1.1 200")
     assert rest == b""
     assert 0.4 <= idle < 3
+    assert "http.read_timeout" not in log_sink.getvalue()
+
+
+async def test_idle_keep_alive_connection_outlives_the_read_timeout(
+    server: tuple[Daemon, int], log_sink: io.StringIO
+) -> None:
+    """Idle after an answer, a connection is held to keep_alive_timeout (30 s).
+
+    Not to the read timeout of the request it answered (1 s here): hypercorn
+    reads while the app answers, and that read must not keep the request's
+    deadline.
+    """
+    _, port = server
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await read_response(stream)
+        await trio.sleep(READ_TIMEOUT_S * 1.5)
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            second = await read_response(stream)
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second.startswith(b"HTTP/1.1 200")
+    assert "http.read_timeout" not in log_sink.getvalue()
+
+
+async def test_idle_keep_alive_connection_closed_at_shutdown(
+    settings: Settings,
+) -> None:
+    """At shutdown an idle keep-alive connection closes at once.
+
+    Not after its 30 s keep-alive, nor after the read timeout (1 s here) or
+    the 3 s grace that requests in flight get.
+    """
+    daemon = Daemon(settings)
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(daemon.run)
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = await read_response(stream)
+            started = trio.current_time()
+            daemon.request_stop("test over")
+            with trio.fail_after(5):
+                rest = await read_until_closed(stream)
+            closed_after = trio.current_time() - started
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest == b""
+    assert closed_after < 0.5
 
 
 async def test_headers_over_limit_get_431(settings: Settings) -> None:

@@ -512,6 +512,24 @@ async def test_status_shows_intents_and_refusals(tmp_path: Path) -> None:
     assert status["accounts"]["paper"]["multiplier"] == 1.0
 
 
+async def test_refused_intent_is_not_journaled_but_explained(tmp_path: Path) -> None:
+    """An intent that sends no order costs no journal write; its result says why."""
+    async with paper(tmp_path) as venue:
+        [opened] = await venue.send(action="buy", quantity=1)
+        [refused] = await venue.send(action="buy", quantity=1)
+        conn = sqlite3.connect(venue.daemon.journal.path)
+        try:
+            recorded = {
+                task_id for (task_id,) in conn.execute("SELECT task_id FROM intents")
+            }
+        finally:
+            conn.close()
+
+    assert recorded == {opened.id}
+    assert refused.state is TaskState.DONE
+    assert refused.result == "refused: MNQ long 1; adding is off (TRADING_PYRAMIDING)"
+
+
 class SeesTheJournal(PaperBroker):
     """Notes, for each order, whether its task's intent was on disk already."""
 

@@ -56,6 +56,11 @@ async def test_metrics_exposition_has_the_documented_families(tmp_path: Path) ->
         assert families[histogram].type == "histogram"
         top = (f"{histogram}_bucket", (("le", "300.0"), ("priority", "normal")))
         assert samples[top] == 1
+    commits = families["trading_daemon_journal_commit_seconds"]
+    assert commits.type == "histogram"
+    # The alert's own commit at least, and no more than the journal counted.
+    committed = samples[("trading_daemon_journal_commit_seconds_count", ())]
+    assert 1 <= committed <= daemon.journal.commits
     ack = families["trading_daemon_webhook_ack_seconds"]
     assert ack.type == "histogram"
     statuses = {s.labels["status"] for s in ack.samples if s.name.endswith("_count")}

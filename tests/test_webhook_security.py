@@ -13,13 +13,12 @@ import hashlib
 import hmac
 import io
 import json
-import logging
 import os
 import re
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,6 @@ import trio
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from loguru import logger
 from support import until
 from venues import core
 
@@ -40,7 +38,6 @@ from trading_daemon.cli import main
 from trading_daemon.config import ConfigError, Settings, load_settings
 from trading_daemon.daemon import Daemon
 from trading_daemon.http_app import create_app
-from trading_daemon.logs import setup_logging
 
 HOSTILE = Path(__file__).parent / "hostile"
 CORPUS_PASSPHRASE = "corpus-passphrase-0123456789"
@@ -633,27 +630,6 @@ async def test_webhook_fuzzed_input_never_5xx_never_a_stray_task(
 
 
 # --- startup ----------------------------------------------------------------
-
-
-@pytest.fixture
-def log_sink() -> Iterator[io.StringIO]:
-    """Route every log line into a string, as journald would get them."""
-    names = ("", "hypercorn.error", "hypercorn.access")
-    saved = [
-        (lg, list(lg.handlers), lg.level, lg.propagate)
-        for lg in (logging.getLogger(name or None) for name in names)
-    ]
-    sink = io.StringIO()
-    setup_logging("DEBUG", sink=sink, journal=True)
-
-    yield sink
-
-    logger.remove()
-    logger.configure(patcher=lambda record: None)
-    for lg, handlers, level, propagate in saved:
-        lg.handlers = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
 
 
 async def test_paper_mode_without_auth_warns_at_start(

@@ -19,7 +19,12 @@ connection handler (``TCPServer``) over a listener of its own that
 - ends a connection's task as soon as the client has gone. hypercorn keeps the
   task of a connection that ended between requests (and, until then, its
   socket) until the keep-alive timer runs out, 75 s here, which would let
-  closed connections fill the cap.
+  closed connections fill the cap;
+- keeps the idle time itself. hypercorn's connection handler stops and restarts
+  a timer task around every request (a lock and a ``nursery.start`` each time,
+  about a tenth of the webhook's cost under load); the stream already bounds the
+  wait between requests, so it takes the timer's place (``_IdleSignal``), and
+  closes idle connections at shutdown as the timer would have.
 
 ``serve`` follows ``hypercorn.trio.run.worker_serve`` step by step (lifespan,
 the shutdown trigger, the graceful timeout), minus the TLS and QUIC listeners
@@ -29,6 +34,7 @@ the daemon does not use.
 from __future__ import annotations
 
 import errno
+import math
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,8 +46,8 @@ from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import ConnectionState
+from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 from loguru import logger
 
@@ -50,9 +56,16 @@ class GuardedStream(trio.abc.HalfCloseableStream):
     """A client connection whose requests must arrive within a deadline.
 
     A request's deadline is armed by the connection opening and by the first
-    byte after each answer; sending an answer arms the idle deadline instead.
-    While the app works on a request hypercorn does not read, so only the
-    client's own slowness counts against it.
+    byte after each answer, and runs until its answer starts; sending an answer
+    arms the idle deadline instead. hypercorn keeps a read pending while the
+    app answers (whenever h11's buffer is empty), so a read's deadline is
+    re-armed when the answer starts and again when it ends; otherwise an idle
+    keep-alive connection would meet its request's deadline, and be cut as a
+    slow client, seconds after the answer.
+
+    The deadline sits on the connection's own cancel scope rather than on a
+    new scope per read (a measurable cost per request): when it passes, the
+    connection ends, which is what a timeout means here anyway.
     """
 
     def __init__(
@@ -62,18 +75,41 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         read_timeout: float,
         idle_timeout: float,
         on_close: Callable[[], None],
+        closing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._stream = stream
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
         self._on_close: Callable[[], None] | None = on_close
+        self._closing = closing
         self._request_started: float | None = trio.current_time()
         self._answered = self._request_started
         self._scope: trio.CancelScope | None = None
+        self._hung_up = False
+        self._reading = False
+        # Between requests, as hypercorn's protocol reports it (_IdleSignal).
+        self.idle = True
 
     def attach(self, scope: trio.CancelScope) -> None:
         """The scope of the task serving this connection, cancelled to end it."""
         self._scope = scope
+        if self._hung_up:
+            scope.cancel()
+
+    def mark_idle(self, idle: bool) -> None:
+        """hypercorn's protocol says a request began (False) or ended (True)."""
+        self.idle = idle
+        if idle:
+            if self._closing():
+                self._hang_up()
+            # The answer is complete: the wait for the next request starts now.
+            self._answered = trio.current_time()
+            self._arm()
+
+    def close_if_idle(self) -> None:
+        """At shutdown: end the connection unless a request is being answered."""
+        if self.idle:
+            self._hang_up()
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -81,30 +117,45 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         return self._stream.socket
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        started = self._request_started
-        if started is None:
-            deadline = self._answered + self._idle_timeout
-        else:
-            deadline = started + self._read_timeout
-        with trio.move_on_at(deadline):
+        scope = self._scope
+        assert scope is not None, "attach() comes before hypercorn reads"
+        self._reading = True
+        self._arm()
+        try:
             data = await self._stream.receive_some(max_bytes)
-            if not data:
-                # The client has gone. hypercorn only reads while no request
-                # is being answered, so no answer is cut short here.
-                self._hang_up()
-            elif self._request_started is None:
-                self._request_started = trio.current_time()
-            return bytes(data)
-        if started is not None:
-            self._log_timeout()
-        self._hang_up()
-        # hypercorn's read loop treats TooSlowError as the end of the connection.
-        raise trio.TooSlowError
+        except trio.Cancelled:
+            started = self._request_started
+            if started is not None and trio.current_time() >= (
+                started + self._read_timeout
+            ):
+                self._log_timeout()
+            raise
+        finally:
+            self._reading = False
+            scope.deadline = math.inf
+        if not data:
+            # The client has gone (or half-closed, which hypercorn takes for
+            # gone too).
+            self._hang_up()
+        elif self._request_started is None:
+            self._request_started = trio.current_time()
+        return bytes(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self._request_started = None
         self._answered = trio.current_time()
+        self._arm()
         await self._stream.send_all(data)
+
+    def _arm(self) -> None:
+        """Put the deadline of the pending read, if any, on the connection."""
+        if not self._reading or self._scope is None:
+            return
+        started = self._request_started
+        if started is None:
+            self._scope.deadline = self._answered + self._idle_timeout
+        else:
+            self._scope.deadline = started + self._read_timeout
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -120,6 +171,7 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         await self._stream.aclose()
 
     def _hang_up(self) -> None:
+        self._hung_up = True
         if self._scope is not None:
             self._scope.cancel()
 
@@ -132,6 +184,40 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         logger.bind(client=client, read_timeout_s=self._read_timeout).warning(
             "http.read_timeout"
         )
+
+
+class _IdleSignal(TrioSingleTask):
+    """Stands in for hypercorn's per-connection idle timer task.
+
+    hypercorn calls ``restart`` when a connection becomes idle (opened, or an
+    answer finished) and ``stop`` when a request arrives. Neither starts a
+    task here: the stream enforces the idle timeout in its own reads.
+    """
+
+    def __init__(self, stream: GuardedStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    async def restart(self, task_group: Any, action: Any) -> None:
+        self._stream.mark_idle(True)
+
+    async def stop(self) -> None:
+        self._stream.mark_idle(False)
+
+
+class _Connection(TCPServer):
+    """hypercorn's connection handler with ``_IdleSignal`` as its idle timer."""
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: Config,
+        context: WorkerContext,
+        state: ConnectionState,
+        stream: GuardedStream,
+    ) -> None:
+        super().__init__(app, config, context, state, stream)  # type: ignore[arg-type]
+        self.idle_task = _IdleSignal(stream)
 
 
 class CappedListener(trio.abc.Listener[GuardedStream]):
@@ -152,14 +238,17 @@ class CappedListener(trio.abc.Listener[GuardedStream]):
         *,
         read_timeout: float,
         idle_timeout: float,
+        closing: Callable[[], bool] = lambda: False,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._slots = slots
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
+        self._closing = closing
         self._ready: deque[trio.SocketStream] = deque()
         self._full = False
+        self._open: set[GuardedStream] = set()
 
     async def accept(self) -> GuardedStream:
         borrower = object()
@@ -178,12 +267,25 @@ class CappedListener(trio.abc.Listener[GuardedStream]):
         except BaseException:
             self._slots.release_on_behalf_of(borrower)
             raise
-        return GuardedStream(
+
+        def closed() -> None:
+            self._open.discard(guarded)
+            self._slots.release_on_behalf_of(borrower)
+
+        guarded = GuardedStream(
             stream,
             read_timeout=self._read_timeout,
             idle_timeout=self._idle_timeout,
-            on_close=partial(self._slots.release_on_behalf_of, borrower),
+            on_close=closed,
+            closing=self._closing,
         )
+        self._open.add(guarded)
+        return guarded
+
+    def close_idle(self) -> None:
+        """End every connection that is between requests (shutdown)."""
+        for stream in list(self._open):
+            stream.close_if_idle()
 
     async def _wait_ready(self) -> trio.SocketStream:
         while True:
@@ -274,13 +376,14 @@ async def serve(
                         slots,
                         read_timeout=read_timeout,
                         idle_timeout=config.keep_alive_timeout,
+                        closing=context.terminated.is_set,
                     )
                 )
                 binds.append(
                     f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
                 )
             handler = partial(
-                TCPServer,
+                _Connection,
                 wrapped,
                 config,
                 context,
@@ -309,6 +412,8 @@ async def serve(
                 # Idle keep-alive connections close now; requests in flight get
                 # the graceful timeout.
                 await context.terminated.set()
+                for listener in listeners:
+                    listener.close_idle()
                 server_nursery.cancel_scope.deadline = (
                     trio.current_time() + config.graceful_timeout
                 )

@@ -81,6 +81,7 @@ class Daemon:
         self.settings = settings
         self.metrics = Metrics()
         self.journal = Journal(settings.state_dir)
+        self.journal.commit_observer = self.metrics.journal_commit.observe
         specs = account_specs(settings)
         if brokers is None:
             brokers = (

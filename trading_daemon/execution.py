@@ -108,8 +108,12 @@ class Executor:
         if task.intent is None:
             intent, pnl = await self._decide(signal, account, broker)
             task.intent = intent.as_dict()
-            # Durable before any order is sent (see the module's docstring).
-            await self._journal.record_intent(task.id, task.intent)
+            if intent.steps:
+                # Durable before any order is sent (see the module's
+                # docstring). An intent without steps sends nothing, so a
+                # rerun may as well decide again: it costs no disk sync, and
+                # its reason is in the task's result.
+                await self._journal.record_intent(task.id, task.intent)
             self._risk.record(task.id, intent)
         else:
             intent = OrderIntent.from_dict(task.intent)

@@ -128,6 +128,9 @@ class Journal:
         self._limiter = trio.CapacityLimiter(1)
         self.commits = 0
         self.ops_written = 0
+        # Called on the writer thread with each batch's seconds (the metrics
+        # histogram; it is thread-safe).
+        self.commit_observer: Callable[[float], None] | None = None
         # Kept as a number so a metrics scrape never touches the database.
         self.dead_count: int = self._conn.execute(
             "SELECT COUNT(*) FROM tasks WHERE state = ?", (TaskState.DEAD.value,)
@@ -168,6 +171,7 @@ class Journal:
 
     def _apply(self, batch: list[_Pending]) -> None:
         conn = self._conn
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for index, pending in enumerate(batch):
@@ -190,6 +194,8 @@ class Journal:
             return
         self.commits += 1
         self.ops_written += len(batch)
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - started)
 
     async def write(self, op: Op) -> Any:
         """Run ``op`` in the next batch and wait until it is durably committed."""

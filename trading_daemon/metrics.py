@@ -46,6 +46,9 @@ TASK_BUCKETS = (
 )
 # Acknowledgements: TradingView gives up at 3 s; the goal is milliseconds.
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 3.0)
+# Journal commits: a healthy disk syncs in well under a millisecond; a stall of
+# tens of milliseconds holds every acknowledgement waiting on that commit.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 class Metrics:
@@ -80,6 +83,13 @@ class Metrics:
             "Time to answer POST /webhook, by status code class.",
             ["status"],
             buckets=ACK_BUCKETS,
+            registry=self.registry,
+        )
+        self.journal_commit = Histogram(
+            f"{PREFIX}_journal_commit_seconds",
+            "Time to write and sync one journal batch; every acknowledgement"
+            " waits for one.",
+            buckets=COMMIT_BUCKETS,
             registry=self.registry,
         )
         self.alerts = Counter(

@@ -281,10 +281,11 @@ class RiskGuard:
             reason=intent.refused,
         )
         self.refusals.append(refusal)
-        logger.bind(
+        logger.warning(
+            "risk.refused",
             task_id=task_id,
             account=refusal.account,
             symbol=refusal.symbol,
             guard=refusal.guard,
             reason=refusal.reason,
-        ).warning("risk.refused")
+        )

@@ -244,7 +244,9 @@ class Scheduler:
             self.stats.rejected += 1
             raise QueueFull("the intake channel is full") from None
         self.stats.submitted += 1
-        logger.info(
+        # DEBUG: an alert's task already has its alert.accepted line, and each
+        # INFO line costs the webhook path about 18 us.
+        logger.debug(
             "task.submitted",
             task_id=task.id,
             priority=task.priority.label,
@@ -403,18 +405,27 @@ class Scheduler:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            entered = False
             for task in batch:
-                self._admit(task)
-            self._notify()
+                entered |= self._admit(task)
+            # Tasks parked behind a busy lane give the dispatchers nothing to
+            # start; waking them all for it would cost every alert of a burst
+            # on one contract a pass through each.
+            if entered:
+                self._notify()
 
-    def _admit(self, task: Task) -> None:
-        """Queue a new or recovered task, parking it behind its lane if busy."""
+    def _admit(self, task: Task) -> bool:
+        """Queue a new or recovered task, parking it behind its lane if busy.
+
+        True if it entered the heaps, False if it waits behind its lane.
+        """
         if task.lane is not None:
             if task.lane in self._lane_holder:
                 self._parked.setdefault(task.lane, deque()).append(task)
-                return
+                return False
             self._lane_holder[task.lane] = task
         self._enter(task)
+        return True
 
     def _enter(self, task: Task) -> None:
         if task.not_before > trio.current_time():
@@ -524,7 +535,11 @@ class Scheduler:
             "kind": task.kind,
             "attempt": task.attempts,
         }
-        logger.info("task.started", **log, wait_ms=round(waited * 1000, 2))
+        wait_ms = round(waited * 1000, 2)
+        # DEBUG too: task.completed (or .failed, .timed_out) carries wait_ms,
+        # and a task still running shows in /status's active_tasks and oldest
+        # unfinished age.
+        logger.debug("task.started", **log, wait_ms=wait_ms)
         timeout = self.config.timeouts.get(task.priority)
         started = now
         outcome = "cancelled"
@@ -545,7 +560,13 @@ class Scheduler:
                 task.result = result
                 self.stats.completed += 1
                 self._finish(task, TaskState.DONE, None)
-                logger.info("task.completed", **log, result=result)
+                logger.info(
+                    "task.completed",
+                    **log,
+                    result=result,
+                    wait_ms=wait_ms,
+                    run_ms=round((trio.current_time() - started) * 1000, 2),
+                )
         except trio.Cancelled:
             self.stats.cancelled += 1
             self._finish(task, TaskState.CANCELLED, "cancelled at shutdown")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 from hypercorn.config import Config
 from loguru import logger
 
+from .access import AccessLog
 from .config import Settings
 from .connections import serve
 from .daemon import Daemon
@@ -108,47 +106,3 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 class ListenError(Exception):
     """The HTTP socket could not be bound; the message names address and reason."""
-
-
-class AccessLog:
-    """ASGI wrapper that logs one ``http.access`` line per HTTP request."""
-
-    def __init__(self, app: Any, closing: Callable[[], bool] = lambda: False) -> None:
-        self.app = app
-        self._closing = closing
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        started = time.perf_counter()
-        status = 0
-
-        async def send_and_note(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if self._closing():
-                    # Shutting down: a client reusing this connection would get
-                    # no answer once hypercorn's grace period ends.
-                    headers = list(message.get("headers", []))
-                    headers.append((b"connection", b"close"))
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            if not (0 < status < 300 and scope["path"] == "/webhook"):
-                # An accepted webhook already has its alert.accepted or
-                # alert.duplicate line; one more per alert costs throughput.
-                client = scope.get("client") or ("-", 0)
-                logger.info(
-                    "http.access",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    client=client[0],
-                    ms=round((time.perf_counter() - started) * 1000, 2),
-                )

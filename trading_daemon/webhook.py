@@ -105,9 +105,7 @@ class Intake:
         key = self._dedup.key_for(data, signal.alert_id, webhook_id)
         first = self._dedup.first(key)
         if first is not None:
-            logger.bind(task_id=first, key=key.key.split(":")[0]).info(
-                "alert.duplicate"
-            )
+            logger.info("alert.duplicate", task_id=first, key=key.key.split(":")[0])
             return Reply(200, {"id": first, "status": "duplicate"})
 
         reserved = 0

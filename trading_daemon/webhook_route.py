@@ -14,6 +14,7 @@ import json
 import time
 from typing import Any
 
+from .access import CLOSE, log_access
 from .daemon import Daemon
 from .gate import Gate
 from .webhook import Reply
@@ -60,10 +61,12 @@ class WebhookRoute:
         answer = await self._answer(scope, receive)
         metrics = self._daemon.metrics
         metrics.alerts.labels(_RESULTS.get(answer.status, str(answer.status))).inc()
-        await _send(send, answer)
-        metrics.webhook_ack.labels(str(answer.status)).observe(
-            time.perf_counter() - started
-        )
+        await _send(send, answer, close=self._daemon.stopping)
+        elapsed = time.perf_counter() - started
+        metrics.webhook_ack.labels(str(answer.status)).observe(elapsed)
+        # AccessLog lets this route through; an accepted alert has its own line.
+        if answer.status >= 300:
+            log_access(scope, answer.status, elapsed)
 
     async def _answer(self, scope: Any, receive: Any) -> Reply:
         header_bytes = 0
@@ -118,13 +121,15 @@ class WebhookRoute:
         return await self._daemon.intake.accept(b"".join(chunks), headers=credentials)
 
 
-async def _send(send: Any, answer: Reply) -> None:
+async def _send(send: Any, answer: Reply, *, close: bool = False) -> None:
     body = json.dumps(answer.body).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
     headers += [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
+    if close:
+        headers.append(CLOSE)
     start = {"type": "http.response.start", "status": answer.status, "headers": headers}
     await send(start)
     await send({"type": "http.response.body", "body": body})
