@@ -11,6 +11,8 @@ Scenarios (pick with --only, comma-separated):
               and against the floor (scripts/bench_floor.py: a bare ASGI
               callable on the same hypercorn-trio stack doing the same
               validation and enqueue); goal: daemon/floor >= 0.9 at 64.
+              Also, for reference, the floor app on the daemon's own
+              connection layer at 64 (floor_own, ratio_own_c64).
               Floor and daemon take turns, three rounds each (--rounds), and
               the figure is the median of each round's ratio: this machine's
               speed drifts by a third from minute to minute, so a floor taken
@@ -230,9 +232,10 @@ def scenario_ack16(work: Path, duration: float) -> Result:
 class FloorProcess:
     """scripts/bench_floor.py as a subprocess pinned to SERVER_CPU."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *options: str) -> None:
         self.port = free_port()
-        command = [sys.executable, str(ROOT / "scripts/bench_floor.py"), str(self.port)]
+        script = str(ROOT / "scripts/bench_floor.py")
+        command = [sys.executable, script, str(self.port), *options]
         if shutil.which("taskset"):
             command = ["taskset", "-c", SERVER_CPU, *command]
         self._log = (work / "floor.log").open("w")
@@ -262,15 +265,22 @@ class FloorProcess:
 def scenario_saturation(work: Path, duration: float, rounds: int = 3) -> Result:
     # runs[(server, connections)]: one wrk result per round.
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    servers: list[tuple[str, Callable[[Path], Any], tuple[int, ...]]] = [
+        ("floor", FloorProcess, (1, 64)),
+        # The floor app on the daemon's own connection layer: what is left of
+        # the gap is the daemon's webhook work (see bench_floor.py).
+        ("floor_own", lambda f: FloorProcess(f, "--own-connections"), (64,)),
+        ("daemon", _bench_daemon, (1, 64)),
+    ]
     for index in range(rounds):
-        for name, start in (("floor", FloorProcess), ("daemon", _bench_daemon)):
+        for name, start, connection_counts in servers:
             # A fresh state folder each round: a journal left by the last one
             # would be recovered and executed during this one.
             folder = work / f"round{index}-{name}"
             folder.mkdir()
             server = start(folder)
             try:
-                for connections in (1, 64):
+                for connections in connection_counts:
                     wrk = run_wrk(server.url, connections, duration, folder)
                     runs.setdefault((name, connections), []).append(wrk)
             finally:
@@ -293,6 +303,14 @@ def scenario_saturation(work: Path, duration: float, rounds: int = 3) -> Result:
                 figures[f"{name}_c{connections}_failed"] = failed
         figures[f"ratio_c{connections}"] = round(statistics.median(ratios), 3)
         figures[f"ratio_c{connections}_rounds"] = "/".join(f"{r:.2f}" for r in ratios)
+    own = runs[("floor_own", 64)]
+    figures["floor_own_c64_rps"] = round(statistics.median(r["rps"] for r in own))
+    figures["ratio_own_c64"] = round(
+        statistics.median(
+            d["rps"] / f["rps"] for f, d in zip(own, runs[("daemon", 64)], strict=True)
+        ),
+        3,
+    )
     failed = any(k.endswith("_failed") for k in figures)
     return Result(
         "saturation",

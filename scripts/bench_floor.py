@@ -5,7 +5,13 @@ the alert with the daemon's own parser, enqueue with ``send_nowait``, answer
 202 with a JSON id) and nothing else: no framework, no journal, no logs. The
 daemon's webhook throughput is measured as a share of this one's.
 
-Usage: python scripts/bench_floor.py PORT
+With ``--own-connections`` the same app is served by the daemon's connection
+layer (trading_daemon/connections.py) instead of ``hypercorn.trio.serve``: the
+daemon replaces hypercorn's per-request idle timer there, so this variant
+shows how much of the daemon's standing against the floor comes from that and
+how much its own webhook work costs.
+
+Usage: python scripts/bench_floor.py PORT [--own-connections]
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def make_app(queue: trio.MemorySendChannel[Any]) -> Any:
     return app
 
 
-async def main(port: int) -> None:
+async def main(port: int, own_connections: bool = False) -> None:
     send, receive = trio.open_memory_channel[Any](math.inf)
 
     async def drain() -> None:
@@ -71,8 +77,22 @@ async def main(port: int) -> None:
     config.accesslog = None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain)
-        await serve(make_app(send), config)  # type: ignore[arg-type]
+        if not own_connections:
+            await serve(make_app(send), config)  # type: ignore[arg-type]
+            return
+        from trading_daemon.config import Settings
+        from trading_daemon.connections import serve as serve_capped
+
+        defaults = Settings()
+        config.keep_alive_timeout = defaults.keep_alive_timeout
+        await serve_capped(
+            make_app(send),
+            config,
+            max_connections=defaults.max_connections,
+            read_timeout=defaults.read_timeout,
+            shutdown_trigger=trio.sleep_forever,
+        )
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]))
+    trio.run(main, int(sys.argv[1]), "--own-connections" in sys.argv[2:])

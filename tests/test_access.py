@@ -62,3 +62,23 @@ async def test_webhook_answers_connection_close_while_stopping(
     assert before.status_code == 202
     assert "close" not in before.headers.get("connection", "")
     assert during.headers["connection"] == "close"
+
+
+async def test_refused_webhook_logged_even_if_client_hangs_up_at_once(
+    tmp_path: Path, log_sink: io.StringIO
+) -> None:
+    """A client that closes as soon as it has its 400 still leaves an access line."""
+    daemon = Daemon(Settings(webhook_port=0, state_dir=tmp_path, rate_limit=0))
+    bad = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nnot json"
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(daemon.run)
+        for _ in range(10):
+            async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                await stream.send_all(bad)
+                answer = await stream.receive_some(65536)
+                assert answer.startswith(b"HTTP/1.1 400")
+        daemon.request_stop("test over")
+
+    lines = access_lines(log_sink.getvalue())
+    assert len(lines) == 10
+    assert all("path=/webhook status=400" in line for line in lines)

@@ -20,6 +20,7 @@ from support import until
 
 from trading_daemon.config import Settings
 from trading_daemon.daemon import Daemon
+from trading_daemon.tasks import TaskState
 
 ALERT = b'{"action":"buy","symbol":"MNQ1!","quantity":"1"}'
 READ_TIMEOUT_S = 1.0
@@ -184,6 +185,61 @@ async def test_idle_new_connection_closed_after_read_timeout(
 
     assert received == b""
     assert trio.current_time() - started >= READ_TIMEOUT_S * 0.9
+
+
+def post(alert_id: str) -> bytes:
+    body = json.dumps(
+        {"action": "buy", "symbol": "MNQ1!", "quantity": 1, "id": alert_id}
+    ).encode()
+    head = f"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def ran(daemon: Daemon, alert_id: str) -> list[TaskState]:
+    return [
+        t.state
+        for t in daemon.scheduler.recent
+        if t.payload.get("signal", {}).get("alert_id") == alert_id
+    ]
+
+
+async def test_alert_of_a_client_gone_before_its_answer_still_runs(
+    server: tuple[Daemon, int],
+) -> None:
+    """A client that hangs up right after sending: its journaled alert still runs.
+
+    Not left queued in the journal until a restart, with every resend answered
+    "duplicate"; a resend now finds the task that ran.
+    """
+    daemon, port = server
+    for index in range(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(post(f"gone-{index}"))
+        await stream.aclose()
+
+    for index in range(5):
+        await until(lambda i=index: ran(daemon, f"gone-{i}") == [TaskState.DONE])
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        resend = await client.post(
+            "/webhook", content=post("gone-0").split(b"\r\n\r\n")[1]
+        )
+    assert resend.json()["status"] == "duplicate"
+    assert await daemon.journal.oldest_unfinished() is None
+
+
+async def test_client_that_half_closes_still_gets_its_answer(
+    server: tuple[Daemon, int],
+) -> None:
+    """Request sent, then the client's side shut (SHUT_WR): the 202 still arrives."""
+    daemon, port = server
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(post("half-1"))
+        await stream.send_eof()
+        with trio.fail_after(5):
+            answer = await read_until_closed(stream)
+
+    assert answer.startswith(b"HTTP/1.1 202")
+    await until(lambda: ran(daemon, "half-1") == [TaskState.DONE])
 
 
 async def test_connection_cap_holds_new_connections_until_one_closes(

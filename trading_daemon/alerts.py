@@ -17,6 +17,7 @@ import enum
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,7 +173,16 @@ def parse_body(body: bytes) -> dict[str, Any]:
     except RecursionError:
         raise AlertError("body is nested too deeply") from None
     except ValueError as exc:
-        # Out-of-range integers and NaN/Infinity land here.
+        if "integer string conversion" in str(exc):
+            # Python will not read an integer of more digits than this; its
+            # message names an interpreter setting, which means nothing to a
+            # sender.
+            limit = sys.get_int_max_str_digits()
+            raise AlertError(
+                f"body holds a number of more than {limit} digits; none of an"
+                " alert's fields needs one"
+            ) from None
+        # NaN and Infinity (refused by _refuse_constant) land here.
         raise AlertError(f"body is not acceptable JSON: {exc}") from None
 
     if not isinstance(data, dict):

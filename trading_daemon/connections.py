@@ -134,9 +134,13 @@ class GuardedStream(trio.abc.HalfCloseableStream):
             self._reading = False
             scope.deadline = math.inf
         if not data:
-            # The client has gone (or half-closed, which hypercorn takes for
-            # gone too).
-            self._hang_up()
+            if self.idle:
+                # The client has gone between requests: end the connection now
+                # rather than hold its slot until the idle deadline.
+                self._hang_up()
+            # Otherwise a request is being answered, and a client that only
+            # half-closed still waits for its answer: hypercorn sees the end of
+            # the stream and closes after the answer.
         elif self._request_started is None:
             self._request_started = trio.current_time()
         return bytes(data)

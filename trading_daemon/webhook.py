@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
 from loguru import logger
 
 from .accounts import Accounts
@@ -139,9 +140,15 @@ class Intake:
         self._dedup.remember(key, tasks[0].id)
         try:
             # All accounts' tasks in one commit: a crash keeps all or none.
-            await self._journal.record_tasks(
-                tasks, dedup_key=key.key, dedup_ttl=key.ttl_s
-            )
+            # Shielded: the commit goes ahead even if this request is cancelled
+            # meanwhile (the client went away, the read deadline passed, the
+            # shutdown's grace ran out), and then its tasks must be queued,
+            # not left in the journal until a restart with resends answered
+            # "duplicate".
+            with trio.CancelScope(shield=True):
+                await self._journal.record_tasks(
+                    tasks, dedup_key=key.key, dedup_ttl=key.ttl_s
+                )
         except JournalError as exc:
             self._dedup.forget(key)
             self._release(reserved)

@@ -61,12 +61,14 @@ class WebhookRoute:
         answer = await self._answer(scope, receive)
         metrics = self._daemon.metrics
         metrics.alerts.labels(_RESULTS.get(answer.status, str(answer.status))).inc()
-        await _send(send, answer, close=self._daemon.stopping)
         elapsed = time.perf_counter() - started
         metrics.webhook_ack.labels(str(answer.status)).observe(elapsed)
         # AccessLog lets this route through; an accepted alert has its own line.
+        # Logged before sending: a client that hangs up as soon as it has read
+        # the answer would otherwise cancel this task before the line.
         if answer.status >= 300:
             log_access(scope, answer.status, elapsed)
+        await _send(send, answer, close=self._daemon.stopping)
 
     async def _answer(self, scope: Any, receive: Any) -> Reply:
         header_bytes = 0
