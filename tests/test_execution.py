@@ -5,6 +5,7 @@ Each table runs against the paper broker and the ProjectX simulator (#5).
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -528,6 +529,29 @@ async def test_refused_intent_is_not_journaled_but_explained(tmp_path: Path) -> 
     assert recorded == {opened.id}
     assert refused.state is TaskState.DONE
     assert refused.result == "refused: MNQ long 1; adding is off (TRADING_PYRAMIDING)"
+
+
+async def test_intent_logged_at_info_only_when_it_sends_orders(
+    tmp_path: Path, log_sink: io.StringIO
+) -> None:
+    """An order-sending intent is an INFO line; a refusal is told by risk.refused."""
+    async with paper(tmp_path) as venue:
+        [opened] = await venue.send(action="buy", quantity=1)
+        [refused] = await venue.send(action="buy", quantity=1)
+
+    def lines(task_id: str) -> list[str]:
+        return [
+            line.split(" task_id=")[0]
+            for line in log_sink.getvalue().splitlines()
+            if f"task_id={task_id}" in line and "task." not in line
+        ]
+
+    assert lines(opened.id) == ["<6>INFO alert.accepted", "<6>INFO intent.decided"]
+    assert lines(refused.id) == [
+        "<6>INFO alert.accepted",
+        "<4>WARNING risk.refused",
+        "<7>DEBUG intent.decided",
+    ]
 
 
 class SeesTheJournal(PaperBroker):
