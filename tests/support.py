@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import trio
+from loguru import logger
 
 
 async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
@@ -16,3 +19,24 @@ async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
     with trio.fail_after(limit_s):
         while not condition():  # noqa: ASYNC110 - the change happens on a thread
             await trio.sleep(0.002)
+
+
+@contextmanager
+def logging_restored() -> Iterator[None]:
+    """Undo setup_logging's global changes (loguru sinks, stdlib handlers) after."""
+    names = ("", "hypercorn.error", "hypercorn.access")
+    saved = [
+        (lg, list(lg.handlers), lg.level, lg.propagate)
+        for lg in (logging.getLogger(name or None) for name in names)
+    ]
+    try:
+        yield
+    finally:
+        logger.remove()
+        # loguru cannot unset a patcher; a no-op keeps _fields/_syslog out of
+        # records that later tests' sinks may inspect.
+        logger.configure(patcher=lambda record: None)
+        for lg, handlers, level, propagate in saved:
+            lg.handlers = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from loguru import logger
+from support import logging_restored
 
 from trading_daemon import logs
 from trading_daemon.logs import register_secret, setup_logging, stderr_is_journal
 
 ANSI = re.compile(r"\x1b\[")
 SECRET = "pxk-logs-Secret-Value-5510"
-_STDLIB = ("", "hypercorn.error", "hypercorn.access")
 
 
 class TtyStringIO(io.StringIO):
@@ -32,21 +32,8 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Give each test fresh secrets; undo setup_logging's global changes after."""
     monkeypatch.setattr(logs, "_secrets", set())
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    saved = [
-        (lg, list(lg.handlers), lg.level, lg.propagate)
-        for lg in (logging.getLogger(name or None) for name in _STDLIB)
-    ]
-
-    yield
-
-    logger.remove()
-    # loguru cannot unset a patcher; a no-op keeps _fields/_syslog out of
-    # records that later tests' sinks may inspect.
-    logger.configure(patcher=lambda record: None)
-    for lg, handlers, level, propagate in saved:
-        lg.handlers = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
+    with logging_restored():
+        yield
 
 
 def journal_sink(level: str = "DEBUG") -> io.StringIO:
