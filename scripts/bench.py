@@ -136,19 +136,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             command, env=full_env, stdout=subprocess.DEVNULL, stderr=self._log_file
         )
-        self._wait_ready()
-
-    def _wait_ready(self, limit_s: float = 30.0) -> None:
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited; see {self.log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("daemon not ready")
+        wait_listening(self.proc, self.port, f"daemon (see {self.log})")
 
     @property
     def url(self) -> str:
@@ -161,6 +149,22 @@ class DaemonProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log_file.close()
+
+
+def wait_listening(
+    proc: subprocess.Popen[Any], port: int, what: str, limit_s: float = 30.0
+) -> None:
+    """Return once ``proc`` accepts connections on ``port``; raise if it exits."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {limit_s:g} s")
 
 
 def free_port() -> int:
@@ -245,14 +249,7 @@ class FloorProcess:
             command = ["taskset", "-c", SERVER_CPU, *command]
         self._log = (work / "floor.log").open("w")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=self._log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("floor server not ready")
+        wait_listening(self.proc, self.port, f"floor server (see {work / 'floor.log'})")
 
     @property
     def url(self) -> str:

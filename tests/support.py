@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import trio
 from loguru import logger
+
+from trading_daemon.config import Settings
+from trading_daemon.daemon import Daemon
 
 
 async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
@@ -40,3 +43,15 @@ def logging_restored() -> Iterator[None]:
             lg.handlers = handlers
             lg.setLevel(level)
             lg.propagate = propagate
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Daemon, int]]:
+    """The whole daemon serving on a loopback port; stopped on the way out."""
+    daemon = Daemon(settings)
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(daemon.run)
+        try:
+            yield daemon, port
+        finally:
+            daemon.request_stop("test over")

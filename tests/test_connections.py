@@ -9,14 +9,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from support import until
+from support import serving, until
 
 from trading_daemon.config import Settings
 from trading_daemon.daemon import Daemon
@@ -35,17 +34,6 @@ def settings(tmp_path: Path) -> Settings:
         keep_alive_timeout=30.0,
         rate_limit=0,
     )
-
-
-@asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[tuple[Daemon, int]]:
-    daemon = Daemon(settings)
-    async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(daemon.run)
-        try:
-            yield daemon, port
-        finally:
-            daemon.request_stop("test over")
 
 
 @pytest.fixture
@@ -330,17 +318,17 @@ async def test_idle_keep_alive_connection_closed_at_shutdown(
     Not after its 30 s keep-alive, nor after the read timeout (1 s here) or
     the 3 s grace that requests in flight get.
     """
-    daemon = Daemon(settings)
-    async with trio.open_nursery() as nursery:
-        port: int = await nursery.start(daemon.run)
-        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            first = await read_response(stream)
-            started = trio.current_time()
-            daemon.request_stop("test over")
-            with trio.fail_after(5):
-                rest = await read_until_closed(stream)
-            closed_after = trio.current_time() - started
+    async with (
+        serving(settings) as (daemon, port),
+        await trio.open_tcp_stream("127.0.0.1", port) as stream,
+    ):
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await read_response(stream)
+        started = trio.current_time()
+        daemon.request_stop("test over")
+        with trio.fail_after(5):
+            rest = await read_until_closed(stream)
+        closed_after = trio.current_time() - started
 
     assert first.startswith(b"HTTP/1.1 200")
     assert rest == b""

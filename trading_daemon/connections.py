@@ -75,13 +75,11 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         read_timeout: float,
         idle_timeout: float,
         on_close: Callable[[], None],
-        closing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._stream = stream
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
         self._on_close: Callable[[], None] | None = on_close
-        self._closing = closing
         self._request_started: float | None = trio.current_time()
         self._answered = self._request_started
         self._scope: trio.CancelScope | None = None
@@ -100,14 +98,18 @@ class GuardedStream(trio.abc.HalfCloseableStream):
         """hypercorn's protocol says a request began (False) or ended (True)."""
         self.idle = idle
         if idle:
-            if self._closing():
-                self._hang_up()
             # The answer is complete: the wait for the next request starts now.
+            # (At shutdown hypercorn closes after the answer instead of getting
+            # here, and close_idle ends the connections that were idle.)
             self._answered = trio.current_time()
             self._arm()
 
     def close_if_idle(self) -> None:
-        """At shutdown: end the connection unless a request is being answered."""
+        """At shutdown: end the connection unless a request is being answered.
+
+        A connection accepted but not yet served counts as idle: it ends as
+        soon as its task starts (``attach``).
+        """
         if self.idle:
             self._hang_up()
 
@@ -242,14 +244,12 @@ class CappedListener(trio.abc.Listener[GuardedStream]):
         *,
         read_timeout: float,
         idle_timeout: float,
-        closing: Callable[[], bool] = lambda: False,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._slots = slots
         self._read_timeout = read_timeout
         self._idle_timeout = idle_timeout
-        self._closing = closing
         self._ready: deque[trio.SocketStream] = deque()
         self._full = False
         self._open: set[GuardedStream] = set()
@@ -281,13 +281,15 @@ class CappedListener(trio.abc.Listener[GuardedStream]):
             read_timeout=self._read_timeout,
             idle_timeout=self._idle_timeout,
             on_close=closed,
-            closing=self._closing,
         )
         self._open.add(guarded)
         return guarded
 
     def close_idle(self) -> None:
-        """End every connection that is between requests (shutdown)."""
+        """End every connection that is between requests (shutdown).
+
+        Called once no more are accepted, so every connection is in ``_open``.
+        """
         for stream in list(self._open):
             stream.close_if_idle()
 
@@ -380,7 +382,6 @@ async def serve(
                         slots,
                         read_timeout=read_timeout,
                         idle_timeout=config.keep_alive_timeout,
-                        closing=context.terminated.is_set,
                     )
                 )
                 binds.append(
